@@ -1,0 +1,156 @@
+"""Designing structures with a trained model: checked arguments in, pymatgen Structures out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from pymatgen.core import Element, Lattice, Structure
+
+from model.checkpoint import TrainedModel
+from model.diffusion import reverse_diffusion
+from model.network import DenoiserOutput
+
+MAX_ATOMS = 64  # the network is O(N^2) per structure; beyond this a user wants another model
+
+
+class DesignError(ValueError):
+    """Arguments a model cannot honour; the message says what to change."""
+
+
+def _per_structure(value, n: int, name: str) -> list:
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        if len(value) != n:
+            raise DesignError(f"{name} has {len(value)} values for {n} structures; give one or {n}")
+        return list(value)
+    return [value] * n
+
+
+def allowed_class_mask(model: TrainedModel, elements: Sequence[str] | None) -> torch.Tensor:
+    """(K,) bool over the model's vocabulary: True where the species may be sampled."""
+    vocab = model.meta["elements"]
+    if elements is None:
+        return torch.ones(len(vocab), dtype=torch.bool)
+    symbols = []
+    for symbol in elements:
+        if not isinstance(symbol, str) or not Element.is_valid_symbol(symbol.strip()):
+            raise DesignError(f"{symbol!r} is not an element symbol (e.g. Li, Fe, O)")
+        symbols.append(symbol.strip())
+    mask = torch.tensor([v in symbols for v in vocab])
+    if not mask.any():
+        raise DesignError(
+            f"none of {', '.join(symbols)} is among the {len(vocab)} elements this model was trained on "
+            f"({', '.join(vocab)})"
+        )
+    return mask
+
+
+def sample_num_atoms(model: TrainedModel, n: int, generator: torch.Generator) -> list[int]:
+    """Atom counts drawn from the training distribution."""
+    dist = model.meta["num_atoms"]
+    counts = [int(k) for k in dist]
+    probs = torch.tensor([dist[k] for k in dist], dtype=torch.float64)
+    draws = torch.multinomial(probs, n, replacement=True, generator=generator)
+    return [counts[i] for i in draws.tolist()]
+
+
+def guided_denoiser(model: TrainedModel, prop: torch.Tensor, atom_mask: torch.Tensor, guidance: float):
+    """The denoiser as the sampler's callable; with guidance w it returns
+    (1 + w) * conditional - w * unconditional (classifier-free guidance)."""
+    net = model.denoiser
+    B = prop.shape[0]
+    keep = torch.ones(B, dtype=torch.bool, device=prop.device)
+    if guidance == 0:
+        return lambda a, f, L, t: net(a, f, L, t, prop, keep, atom_mask)
+
+    prop2, keep2, mask2 = torch.cat([prop, prop]), torch.cat([keep, ~keep]), torch.cat([atom_mask, atom_mask])
+
+    def denoise(a, f, L, t):
+        both = net(torch.cat([a, a]), torch.cat([f, f]), torch.cat([L, L]), torch.cat([t, t]), prop2, keep2, mask2)
+        return DenoiserOutput(*((1 + guidance) * x[:B] - guidance * x[B:] for x in both))
+
+    return denoise
+
+
+def design(
+    model: TrainedModel,
+    *,
+    n: int,
+    target: float | Sequence[float],
+    num_atoms: int | Sequence[int] | None = None,
+    elements: Sequence[str] | None = None,
+    guidance: float = 0.0,
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 128,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Structure]:
+    """Sample `n` structures conditioned on `target` (the model's property, in its unit).
+
+    num_atoms: per structure, or None to draw from the training distribution.
+    elements: allowed element symbols (None: the whole vocabulary).
+    guidance: classifier-free guidance scale (0: the paper's conditional model).
+    steps: reverse steps, evenly strided over T (default T).
+    progress(done, total) is called after every reverse step; raise from it to stop.
+    The same seed on the same device gives the same structures.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise DesignError(f"n must be a positive integer, got {n!r}")
+    T = model.schedule.config.timesteps
+    steps = T if steps is None else steps
+    if not isinstance(steps, int) or not 1 <= steps <= T:
+        raise DesignError(f"steps must be between 1 and {T}, got {steps!r}")
+    if not math.isfinite(guidance) or guidance < 0:
+        raise DesignError(f"guidance must be a finite number >= 0, got {guidance!r}")
+    targets = _per_structure(target, n, "target")
+    for value in targets:
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            raise DesignError(f"target must be a finite number, got {value!r}")
+    allowed = allowed_class_mask(model, elements).to(model.device)
+
+    generator = torch.Generator().manual_seed(seed)
+    if num_atoms is None:
+        counts = sample_num_atoms(model, n, generator)
+    else:
+        counts = _per_structure(num_atoms, n, "num_atoms")
+        for k in counts:
+            if not isinstance(k, int) or not 1 <= k <= MAX_ATOMS:
+                raise DesignError(f"num_atoms must be an integer from 1 to {MAX_ATOMS}, got {k!r}")
+
+    prop_stats = model.meta["property"]
+    vocab = model.meta["elements"]
+    # Structures of one atom count share a batch: no padding.
+    order = sorted(range(n), key=lambda i: counts[i])
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    total = steps * len(batches)
+    sampler_rng = torch.Generator(device=model.device).manual_seed(seed)
+    results: dict[int, Structure] = {}
+    for b, index in enumerate(batches):
+        N = max(counts[i] for i in index)
+        atom_mask = torch.tensor([[j < counts[i] for j in range(N)] for i in index], device=model.device)
+        prop = torch.tensor(
+            [(targets[i] - prop_stats["mean"]) / prop_stats["std"] for i in index],
+            dtype=torch.float32,
+            device=model.device,
+        )
+        report = None if progress is None else (lambda done, _, b=b: progress(b * steps + done, total))
+        lattice, frac, species = reverse_diffusion(
+            guided_denoiser(model, prop, atom_mask, guidance),
+            model.schedule,
+            atom_mask,
+            allowed,
+            steps,
+            model.meta["sampling"]["step_lr"],
+            sampler_rng,
+            report,
+        )
+        lattice, frac, species = lattice.double().cpu(), frac.double().cpu(), species.cpu()
+        for row, i in enumerate(index):
+            k = counts[i]
+            results[i] = Structure(
+                Lattice(lattice[row].numpy()),
+                [vocab[c] for c in species[row, :k].tolist()],
+                frac[row, :k].numpy(),
+            )
+    return [results[i] for i in range(n)]

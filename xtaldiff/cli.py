@@ -1,0 +1,169 @@
+"""The `xtaldiff` command. Heavy imports live inside the commands so that `--help` is instant."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Generative inverse design of crystals with diffusion transformers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Dataset(str, Enum):
+    perov_5 = "perov_5"
+    carbon_24 = "carbon_24"
+    mp_20 = "mp_20"
+
+
+class Conditioning(str, Enum):
+    cdi = "cdi"
+    cds = "cds"
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+@contextmanager
+def user_errors():
+    """Errors a user can fix become one line on stderr and exit code 2, never a traceback."""
+    from model.checkpoint import CheckpointError
+    from model.data import DatasetError
+    from model.sampling import DesignError
+
+    try:
+        yield
+    except (CheckpointError, DatasetError, DesignError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted") from None
+
+
+@app.command()
+def train(
+    dataset: Annotated[Dataset, typer.Option(help="Benchmark set to train on.")],
+    cond: Annotated[Conditioning, typer.Option(help="CDI: condition at the initial embedding; CDS: in every block.")] = Conditioning.cdi,
+    epochs: Annotated[int, typer.Option(min=1)] = 100,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    out: Annotated[Path | None, typer.Option(help="Checkpoint path [default: checkpoints/<dataset>_<cond>.safetensors].")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from <out>.state.pt.")] = False,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that crosses this wall time.")] = None,
+    lr: Annotated[float, typer.Option(min=0)] = 1e-3,
+    seed: int = 0,
+    blocks: Annotated[int, typer.Option(min=1, help="Transformer blocks (paper: 6).")] = 6,
+    d_model: Annotated[int, typer.Option(min=8, help="Width d (paper: 128).")] = 128,
+    freqs: Annotated[int, typer.Option(min=1, help="Fourier frequencies of psi_FT.")] = 32,
+) -> None:
+    """Train a conditional diffusion model; the checkpoint is rewritten after every epoch."""
+    from model.training import TrainConfig
+    from model.training import train as run_training
+
+    out = out or Path("checkpoints") / f"{dataset.value}_{cond.value}.safetensors"
+    config = TrainConfig(
+        dataset=dataset.value, conditioning=cond.value, epochs=epochs, batch_size=batch_size, lr=lr,
+        seed=seed, max_minutes=max_minutes,
+        architecture={"num_blocks": blocks, "d_model": d_model, "num_freqs": freqs},
+    )
+    with user_errors():
+        try:
+            record = run_training(config, out, resume=resume)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+    typer.echo(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
+
+
+def parse_elements(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    symbols = [s.strip() for s in text.split(",") if s.strip()]
+    if not symbols:
+        raise fail("--elements is empty; give symbols separated by commas, e.g. Li,Fe,O")
+    return symbols
+
+
+@app.command()
+def design(
+    checkpoint: Annotated[Path, typer.Option(help="A .safetensors checkpoint.")],
+    target: Annotated[float, typer.Option(help="Target property value, in the model's unit.")],
+    out: Annotated[Path, typer.Option(help="Folder for the CIFs and summary.json.")],
+    n: Annotated[int, typer.Option("-n", "--n", help="Number of structures.")] = 16,
+    num_atoms: Annotated[int | None, typer.Option(help="Atoms per cell [default: drawn from training].")] = None,
+    elements: Annotated[str | None, typer.Option(help="Allowed elements, e.g. Li,Fe,O.")] = None,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (0: none).")] = 0.0,
+    steps: Annotated[int | None, typer.Option(help="Reverse steps [default: T = 1000].")] = None,
+    seed: int = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+) -> None:
+    """Design crystal structures for a target property; writes one CIF per structure."""
+    if not math.isfinite(target):
+        raise fail(f"--target must be a finite number, got {target}")
+    if n < 1:
+        raise fail(f"-n must be at least 1, got {n}")
+    import time
+
+    from pymatgen.io.cif import CifWriter
+    from tqdm import tqdm
+
+    from model.checkpoint import load_model
+    from model.sampling import design as run_design
+
+    with user_errors():
+        model = load_model(checkpoint)
+        bar = tqdm(total=1, unit="step", disable=not sys.stderr.isatty())
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        started = time.time()
+        structures = run_design(
+            model, n=n, target=target, num_atoms=num_atoms, elements=parse_elements(elements),
+            guidance=guidance, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
+        )
+        bar.close()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, structure in enumerate(structures):
+        name = f"{i:04d}_{structure.composition.reduced_formula}.cif"
+        CifWriter(structure).write_file(out / name)
+        rows.append({
+            "file": name, "formula": structure.composition.reduced_formula, "num_atoms": len(structure),
+            "lattice_abc": list(structure.lattice.abc), "lattice_angles": list(structure.lattice.angles),
+            "volume": structure.volume,
+        })
+    summary = {
+        "checkpoint": str(checkpoint), "checkpoint_sha256": model.sha256, "dataset": model.dataset,
+        "property": model.meta["property"]["name"], "unit": model.meta["property"]["unit"],
+        "target": target, "n": n, "num_atoms": num_atoms, "elements": parse_elements(elements),
+        "guidance": guidance, "steps": steps or model.schedule.config.timesteps, "seed": seed,
+        "device": str(model.device), "wall_time_s": round(time.time() - started, 2), "structures": rows,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    typer.echo(f"wrote {len(structures)} structures to {out}")
+
+
+@app.command()
+def bench(
+    datasets: Annotated[list[Dataset] | None, typer.Option("--dataset", help="Sets to time [default: all].")] = None,
+    sample_n: Annotated[int, typer.Option(help="Structures sampled for the sampling benchmark.")] = 100,
+    sample_steps: Annotated[int, typer.Option(help="Reverse steps for the sampling benchmark.")] = 1000,
+    train_batches: Annotated[int, typer.Option(help="Training steps timed per set.")] = 10,
+) -> None:
+    """Print training steps/s and sampling structures/s per dataset shape as JSON."""
+    from model.bench import run_benchmarks
+
+    with user_errors():
+        result = run_benchmarks([d.value for d in datasets or list(Dataset)], sample_n, sample_steps, train_batches)
+    typer.echo(json.dumps(result, indent=2))
