@@ -1,0 +1,83 @@
+"""Dependencies routes declare with ``Annotated`` aliases: settings, a session, the caller."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.orm import Session
+
+from xtaldiff.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() == "bearer" and credentials:
+        return credentials.strip()
+    return None
+
+
+def _digest(secret: str) -> bytes:
+    # Comparing fixed-length digests leaks neither content nor length through timing.
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def get_owner(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> str | None:
+    """The caller's key (hashed) when API keys are on, else None (every job is visible)."""
+    if not settings.api_keys:
+        return None
+    given = request.headers.get("x-api-key") or _bearer(request)
+    if not given:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "this server needs an API key: send `Authorization: Bearer <key>` or `X-API-Key`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    digest = _digest(given)
+    matches = [secrets.compare_digest(digest, _digest(key.get_secret_value()))
+               for key in settings.api_keys]
+    if not any(matches):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this API key is not accepted")
+    return digest.hex()
+
+
+def require_admin(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
+    if settings.admin_token is None:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "the admin API is off on this server: set XTALDIFF_ADMIN_TOKEN to turn it on",
+        )
+    given = _bearer(request)
+    if given is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "admin routes need `Authorization: Bearer <admin token>`",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(_digest(given), _digest(settings.admin_token.get_secret_value())):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+OwnerDep = Annotated[str | None, Depends(get_owner)]
+AdminDep = Depends(require_admin)

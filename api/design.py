@@ -1,0 +1,129 @@
+"""Checking a design request against the chosen model and the server's limits.
+
+Plain functions over a session: routes call them, tests call them without HTTP.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from api.errors import BadRequest
+from api.schemas import MAX_SEED, DesignRequest
+from xtaldiff import queries
+from xtaldiff.elements import SYMBOLS
+from xtaldiff.settings import Settings
+from xtaldiff.states import CheckpointStatus
+from xtaldiff.tables import Checkpoint
+
+# A target more than this many training ranges beyond the range is refused: the condition
+# embedding never saw anything like it and the samples would be noise. Closer targets are
+# run, with a warning, because asking for "more stable than anything seen" is the point of
+# inverse design and the oracle's predictions then show how far the model got.
+REFUSE_BEYOND_RANGES = 1.0
+
+
+@dataclass(frozen=True)
+class DesignPlan:
+    checkpoint: Checkpoint
+    request: dict  # as run: defaults filled, seed drawn
+    warnings: list[str]
+
+
+def plan_design(session: Session, *, request: DesignRequest, settings: Settings) -> DesignPlan:
+    """Resolve the model and check every field; raises BadRequest saying what to change."""
+    checkpoint = _resolve_model(session, request=request)
+    meta = checkpoint.meta
+    warnings = [*_check_target(request.target, meta["property"])]
+    if request.num_samples > settings.max_num_samples:
+        raise BadRequest(
+            f"num_samples is {request.num_samples}; this server makes at most "
+            f"{settings.max_num_samples} per job: ask for fewer or split the request"
+        )
+    elements = _check_elements(request.elements, model=checkpoint.name, known=meta["elements"])
+    max_atoms = max(int(k) for k in meta["num_atoms"])
+    if request.num_atoms is not None and request.num_atoms > max_atoms:
+        raise BadRequest(
+            f"num_atoms is {request.num_atoms}; model {checkpoint.name} was trained on cells of "
+            f"at most {max_atoms} atoms: ask for {max_atoms} or fewer, or omit num_atoms"
+        )
+    if request.steps is not None and request.steps > settings.max_steps:
+        raise BadRequest(f"steps is {request.steps}; at most {settings.max_steps} are allowed")
+    if request.guidance > settings.max_guidance:
+        raise BadRequest(
+            f"guidance is {request.guidance}; at most {settings.max_guidance} is allowed"
+        )
+    resolved = request.model_dump()
+    resolved.update(
+        model=checkpoint.name, dataset=checkpoint.dataset, elements=elements,
+        seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
+    )
+    return DesignPlan(checkpoint, resolved, warnings)
+
+
+def _resolve_model(session: Session, *, request: DesignRequest) -> Checkpoint:
+    if request.model is None and request.dataset is None:
+        raise BadRequest("give `model` (a name from GET /models) or `dataset` (its active model)")
+    if request.model is not None:
+        checkpoint = queries.get_checkpoint(session, name=request.model)
+        if checkpoint is None or checkpoint.status != CheckpointStatus.ready:
+            ready = [c.name for c in queries.list_checkpoints(session, ready_only=True)]
+            state = "does not exist" if checkpoint is None else f"is {checkpoint.status}"
+            raise BadRequest(
+                f"model {request.model!r} {state}; choose one of: {', '.join(ready) or 'none'}"
+            )
+        if request.dataset is not None and request.dataset != checkpoint.dataset:
+            raise BadRequest(
+                f"model {checkpoint.name!r} was trained on {checkpoint.dataset}, not "
+                f"{request.dataset}: drop `dataset` or pick a {request.dataset} model"
+            )
+        return checkpoint
+    checkpoint = queries.active_checkpoint(session, dataset=request.dataset)
+    if checkpoint is None:
+        served = sorted({c.dataset for c in queries.list_checkpoints(session, ready_only=True)
+                         if c.active})
+        raise BadRequest(
+            f"no model serves dataset {request.dataset} here; datasets served: "
+            f"{', '.join(served) or 'none'}"
+        )
+    return checkpoint
+
+
+def _check_target(target: float, prop: dict) -> list[str]:
+    low, high, unit, name = prop["min"], prop["max"], prop["unit"], prop["name"]
+    margin = REFUSE_BEYOND_RANGES * (high - low)
+    if not low - margin <= target <= high + margin:
+        raise BadRequest(
+            f"target {target:g} {unit} is far outside the {name} values the model was trained "
+            f"on ({low:.4g} to {high:.4g} {unit}); choose a target between "
+            f"{low - margin:.4g} and {high + margin:.4g}"
+        )
+    if target < low or target > high:
+        side = "below the lowest" if target < low else "above the highest"
+        return [
+            f"target {target:g} {unit} is {side} {name} in training ({low:.4g} to {high:.4g} "
+            f"{unit}): the model extrapolates; the predicted values show how far it got"
+        ]
+    return []
+
+
+def _check_elements(
+    elements: list[str] | None, *, model: str, known: list[str]
+) -> list[str] | None:
+    if elements is None:
+        return None
+    unknown = [e for e in elements if e not in SYMBOLS]
+    if unknown:
+        raise BadRequest(
+            f"elements: {', '.join(map(repr, unknown))} not chemical element symbols "
+            "(write them as in the periodic table, e.g. 'Fe', 'O')"
+        )
+    outside = [e for e in elements if e not in known]
+    if outside:
+        raise BadRequest(
+            f"elements: model {model} never saw {', '.join(outside)}; it can place "
+            f"{', '.join(known)}"
+        )
+    return sorted(set(elements), key=elements.index)

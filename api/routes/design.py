@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+
+from api.deps import CeleryDep, OwnerDep, SessionDep, SettingsDep
+from api.design import plan_design
+from api.schemas import DesignRequest, JobOut, Problem
+from api.views import job_out
+from xtaldiff import queries
+from xtaldiff.broker import send
+from xtaldiff.states import DESIGN_TASK
+
+router = APIRouter(tags=["design"])
+
+
+@router.post(
+    "/design",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses={400: {"model": Problem}, 415: {"model": Problem}, 422: {"model": Problem},
+               503: {"model": Problem}},
+    summary="Submit a design job",
+)
+def submit_design(
+    body: DesignRequest, response: Response, session: SessionDep, settings: SettingsDep,
+    celery: CeleryDep, owner: OwnerDep,
+) -> JobOut:
+    """Queue a job that generates `num_samples` structures for `target`; poll `Location`."""
+    plan = plan_design(session, request=body, settings=settings)
+    job = queries.create_job(session, checkpoint=plan.checkpoint, request=plan.request,
+                             warnings=plan.warnings, owner=owner)
+    # Committed before the task is sent, so a worker never looks for a job not yet written.
+    session.commit()
+    if send(celery, DESIGN_TASK, job.id):
+        queries.mark_enqueued(session, job_id=job.id)
+        session.commit()
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return job_out(job, [])

@@ -1,0 +1,218 @@
+"""Request and response bodies of the HTTP API (the OpenAPI document is generated from these)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from xtaldiff.checkpoint_file import CONDITIONINGS, DATASETS
+from xtaldiff.states import CheckpointStatus, JobStatus
+
+Dataset = Literal[DATASETS]
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+MAX_SEED = 2**32 - 1
+
+
+class DesignRequest(BaseModel):
+    """What to design. Give ``model`` or ``dataset`` (then its active model is used)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"dataset": "perov_5", "target": -0.3, "num_samples": 16},
+                {"model": "perov_5_cdi", "target": 0.4, "num_samples": 100,
+                 "elements": ["Ba", "Sr", "Ti", "O"], "guidance": 1.5, "seed": 7},
+            ]
+        },
+    )
+
+    model: str | None = Field(
+        None, pattern=MODEL_NAME_PATTERN,
+        description="Checkpoint name from GET /models. Omit to use the dataset's active model.",
+    )
+    dataset: Dataset | None = Field(
+        None, description="Dataset whose active model to use, when `model` is not given.",
+    )
+    target: float = Field(
+        allow_inf_nan=False,
+        description="Target value of the model's property, in its unit (GET /models: "
+        "perov_5 is heat of formation `heat_ref` in eV). Must be finite; values far outside "
+        "the training range are refused, values just outside it are accepted with a warning.",
+    )
+    num_samples: int = Field(
+        16, ge=1, description="How many structures to generate (at most the server's limit, "
+        "1000 by default).",
+    )
+    num_atoms: int | None = Field(
+        None, ge=1, description="Atoms per cell. Omit to draw counts from the training "
+        "distribution; at most the largest count the model saw.",
+    )
+    elements: list[str] | None = Field(
+        None, min_length=1, max_length=118,
+        description="Allowed element symbols (e.g. [\"Li\", \"Fe\", \"O\"]); each must be one "
+        "the model knows. Omit to allow all of them.",
+    )
+    guidance: float = Field(
+        0.0, ge=0, allow_inf_nan=False,
+        description="Classifier-free guidance strength; 0 samples the plain conditional model.",
+    )
+    steps: int | None = Field(
+        None, ge=1, description="Reverse diffusion steps; omit for the model's own schedule.",
+    )
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED,
+        description="Random seed; omit for a random one (recorded in the job, so any job can "
+        "be repeated).",
+    )
+
+
+class Link(BaseModel):
+    href: str = Field(description="Path of the linked resource on this server.")
+
+
+class Progress(BaseModel):
+    done: int = Field(description="Reverse diffusion steps completed over all batches.")
+    total: int = Field(description="Steps the job will take (0 until a worker starts it).")
+    fraction: float = Field(description="done / total, 0 to 1; 1 once the job succeeded.")
+
+
+class Timings(BaseModel):
+    created_at: datetime = Field(description="When the API accepted the job (UTC).")
+    started_at: datetime | None = Field(description="When a worker first took the job.")
+    finished_at: datetime | None = Field(description="When the job reached a final state.")
+    queued_s: float | None = Field(description="Seconds between acceptance and start.")
+    wall_s: float | None = Field(description="Seconds between acceptance and the end.")
+    worker: dict[str, float] = Field(
+        description="Seconds the worker spent per phase: load, sample, oracle, write, total.",
+    )
+
+
+class ModelRef(BaseModel):
+    name: str = Field(description="Checkpoint name.")
+    sha256: str = Field(description="SHA-256 of the checkpoint file.")
+    dataset: str = Field(description="Dataset the model was trained on.")
+    property: str = Field(description="Property the model is conditioned on.")
+    unit: str = Field(description="Unit of that property and of `target`.")
+
+
+class Distribution(BaseModel):
+    min: float = Field(description="Lowest predicted value.")
+    max: float = Field(description="Highest predicted value.")
+    mean: float = Field(description="Mean predicted value.")
+    quantiles: dict[str, float] = Field(description="Quantiles keyed by level (0.1 ... 0.9).")
+
+
+class Summary(BaseModel):
+    num_structures: int = Field(description="Structures generated.")
+    num_checked: int = Field(description="Structures whose validity was checked.")
+    num_valid: int = Field(description="Structurally and compositionally valid structures.")
+    num_predicted: int = Field(description="Structures the oracle gave a prediction for.")
+    num_at_or_below_target: int = Field(description="Predictions at or below the target.")
+    predicted: Distribution | None = Field(description="Spread of the predicted values.")
+
+
+class StructureBrief(BaseModel):
+    index: int = Field(description="Position k in the job, 0-based.")
+    formula: str = Field(description="Reduced formula, e.g. BaTiO3.")
+    num_atoms: int = Field(description="Atoms in the cell.")
+    space_group: str = Field(description="Space group symbol found at symprec 0.1.")
+    predicted_property: float | None = Field(
+        description="The oracle's prediction of the model's property (None: not predicted)."
+    )
+    valid: bool | None = Field(description="Structure and composition valid (None: unchecked).")
+    links: dict[str, Link] = Field(description="`self` (JSON), `cif`, `cif_p1`.")
+
+
+class StructureDetail(StructureBrief):
+    full_formula: str = Field(description="Formula of the cell as generated.")
+    lattice: dict[str, float] = Field(
+        description="a, b, c in Angstrom; alpha, beta, gamma in degrees; volume in A^3."
+    )
+    space_group_number: int = Field(description="International space group number.")
+    valid_structure: bool | None = Field(description="No atoms closer than 0.5 A, etc.")
+    valid_composition: bool | None = Field(description="Charge-balanced composition (SMACT).")
+    prediction_note: str | None = Field(description="Why no prediction was made, if none was.")
+    cif: str = Field(description="Symmetrised CIF (space group found with symprec 0.1).")
+    cif_p1: str = Field(description="The raw cell in P1, as the model produced it.")
+
+
+class JobOut(BaseModel):
+    id: str = Field(description="Job id, a random UUID.")
+    status: JobStatus = Field(description="queued, running, succeeded, failed or cancelled.")
+    progress: Progress
+    timings: Timings
+    request: dict = Field(description="The request as run: defaults and the seed filled in.")
+    model: ModelRef
+    warnings: list[str] = Field(description="Things about the request worth knowing.")
+    error: str | None = Field(description="Why the job failed, when it did.")
+    summary: Summary | None = Field(description="Set once the job succeeded.")
+    structures: list[StructureBrief] = Field(description="All structures, once succeeded.")
+    links: dict[str, Link] = Field(description="`self`, `structures`, `bundle`, `cancel`.")
+
+
+class StructurePage(BaseModel):
+    items: list[StructureDetail] = Field(description="Structures offset .. offset+limit-1.")
+    total: int = Field(description="Structures in the job.")
+    offset: int = Field(description="Index of the first item.")
+    limit: int = Field(description="Page size asked for.")
+    links: dict[str, Link] = Field(description="`next` and `prev` pages where they exist.")
+
+
+class PropertyInfo(BaseModel):
+    name: str = Field(description="Property name, e.g. heat_ref.")
+    unit: str = Field(description="Its unit, e.g. eV.")
+    min: float = Field(description="Lowest value in the training set.")
+    max: float = Field(description="Highest value in the training set.")
+    percentiles: dict[str, float] = Field(
+        description="Training-set percentiles (5, 10, 15: the success thresholds)."
+    )
+
+
+class ModelOut(BaseModel):
+    name: str = Field(description="Checkpoint name, used as `model` in POST /design.")
+    sha256: str = Field(description="SHA-256 of the checkpoint file.")
+    dataset: str = Field(description="Training dataset.")
+    conditioning: Literal[CONDITIONINGS] = Field(description="Conditioning variant: cdi or cds.")
+    active: bool = Field(description="Whether `dataset` requests go to this model.")
+    property: PropertyInfo
+    elements: list[str] = Field(description="Element symbols the model can place.")
+    max_num_atoms: int = Field(description="Largest cell (in atoms) seen in training.")
+    metrics: dict = Field(description="Measured results stored in the checkpoint (success "
+                          "rates at the percentile thresholds, validity, ...).")
+
+
+class CheckpointOut(ModelOut):
+    status: CheckpointStatus = Field(description="validating, ready, rejected or retired.")
+    rejection_reason: str | None = Field(description="Why validation refused the file.")
+    size_bytes: int = Field(description="File size.")
+    uploaded_at: datetime = Field(description="When it was registered.")
+    validated_at: datetime | None = Field(description="When a worker accepted or refused it.")
+
+
+class DependencyHealth(BaseModel):
+    ok: bool = Field(description="Whether it answered.")
+    error: str | None = Field(None, description="What went wrong, if it did not.")
+
+
+class WorkerSeen(BaseModel):
+    name: str = Field(description="Celery node name.")
+    queues: str = Field(description="Queues it consumes.")
+    last_seen_at: datetime = Field(description="Its last heartbeat.")
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="ok; degraded: no worker seen recently; unavailable: database or broker "
+        "down (HTTP 503)."
+    )
+    database: DependencyHealth
+    broker: DependencyHealth
+    workers: list[WorkerSeen] = Field(description="Workers seen recently.")
+
+
+class Problem(BaseModel):
+    detail: str = Field(description="What went wrong and what to change.")
+    errors: list[dict] | None = Field(None, description="Per-field validation errors.")

@@ -1,0 +1,54 @@
+"""The worker's Celery app (``celery -A worker.app worker``), configured from the settings.
+
+Also keeps this worker's row in the ``workers`` table fresh, so that /health can list it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from celery.signals import worker_ready, worker_shutdown
+
+from xtaldiff import queries
+from xtaldiff.broker import create_celery
+from xtaldiff.db import session_factory
+from xtaldiff.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+app = create_celery(get_settings(), with_tasks=True)
+_stop = threading.Event()
+
+
+def _beat_forever(name: str, queues: str) -> None:
+    settings = get_settings()
+    sessions = session_factory(settings.resolved_database_url, settings.db_connect_timeout_s)
+    while True:
+        try:
+            with sessions() as session:
+                queries.worker_seen(session, name=name, pid=os.getpid(), queues=queues)
+        except Exception:
+            # The database may blip; the next beat tries again.
+            log.warning("worker heartbeat failed", exc_info=True)
+        if _stop.wait(settings.heartbeat_s):
+            return
+
+
+@worker_ready.connect
+def _start_heartbeat(sender, **_kwargs) -> None:
+    queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
+    threading.Thread(target=_beat_forever, args=(sender.hostname, queues), daemon=True,
+                     name="worker-heartbeat").start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(sender, **_kwargs) -> None:
+    _stop.set()
+    settings = get_settings()
+    try:
+        with session_factory(settings.resolved_database_url)() as session:
+            queries.forget_worker(session, name=sender.hostname)
+    except Exception:
+        log.warning("could not remove this worker from the workers table", exc_info=True)

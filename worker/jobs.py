@@ -1,0 +1,234 @@
+"""Running one design job and validating one uploaded checkpoint: plain functions, no Celery.
+
+A job is run by whichever worker claims it (compare-and-set on the job's attempt). While it
+runs, a heartbeat thread records progress and liveness; the sampler's progress callback reads
+the thread's latest answer and stops between steps when the job was cancelled or taken over.
+All structures are written with the final status in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from worker.checkpoints import load_cached, local_checkpoint
+from worker.evaluate import evaluate
+from worker.records import structure_record
+from xtaldiff import queries
+from xtaldiff.broker import send
+from xtaldiff.settings import Settings
+from xtaldiff.states import DESIGN_TASK, JobStatus
+from xtaldiff.summary import summarize
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class JobLost(Exception):
+    """Another worker took the job over (this one was presumed dead)."""
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Heartbeat:
+    """Writes progress and a heartbeat every ``every_s`` from a thread of its own."""
+
+    def __init__(self, sessions: sessionmaker[Session], *, job_id: str, attempt: int,
+                 every_s: float) -> None:
+        self.sessions, self.job_id, self.attempt, self.every_s = sessions, job_id, attempt, every_s
+        self.done = self.total = 0
+        self.cancelled = self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def progress(self, done: int, total: int) -> None:
+        """The sampler's callback, after every reverse step: cheap, and where a job stops."""
+        self.done, self.total = done, total
+        if self.cancelled:
+            raise JobCancelled
+        if self.lost:
+            raise JobLost
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.beat()
+
+    def beat(self) -> None:
+        try:
+            with self.sessions() as session:
+                answer = queries.beat(session, job_id=self.job_id, attempt=self.attempt,
+                                      done=self.done, total=self.total)
+        except Exception:
+            # A database blip must not kill the job; if it lasts, the job is taken over.
+            log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+            return
+        self.lost = answer is None
+        self.cancelled = bool(answer)
+
+
+def claim(sessions: sessionmaker[Session], *, job_id: str, settings: Settings,
+          redelivered: bool) -> int | None:
+    """Own the job (its new attempt number) or None when there is nothing to do.
+
+    A redelivered message usually means the worker holding it died, but its heartbeat is
+    still fresh: wait until it is stale (or the job ends) rather than drop the job.
+    """
+    deadline = time.monotonic() + settings.stale_after_s + settings.heartbeat_s
+    while True:
+        with sessions() as session:
+            found = queries.claim_job(session, job_id=job_id, worker=worker_name(),
+                                      stale_after_s=settings.stale_after_s)
+        if found is None:
+            log.warning("job %s does not exist", job_id)
+            return None
+        if found.attempt is not None:
+            return found.attempt
+        if found.status != JobStatus.running or not redelivered or time.monotonic() > deadline:
+            log.info("job %s is %s elsewhere; this delivery is dropped", job_id, found.status)
+            return None
+        time.sleep(min(settings.heartbeat_s, 1.0))
+
+
+def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Session],
+               redelivered: bool = False) -> JobStatus | None:
+    """Run a design job to its end. Returns the status it reached, None if not ours to run."""
+    from model.checkpoint import CheckpointError
+    from model.sampling import DesignError, design
+
+    attempt = claim(sessions, job_id=job_id, settings=settings, redelivered=redelivered)
+    if attempt is None:
+        return None
+    with sessions() as session:
+        job = queries.get_job(session, job_id=job_id)
+    request = job.request
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    with Heartbeat(sessions, job_id=job_id, attempt=attempt, every_s=settings.heartbeat_s) as hb:
+        try:
+            with _timed(timings, "load"):
+                path = local_checkpoint(sessions, sha256=job.checkpoint_sha256,
+                                        cache_dir=settings.resolved_checkpoint_cache_dir)
+                model = load_cached(path)
+            with _timed(timings, "sample"):
+                structures = design(
+                    model, n=request["num_samples"], target=request["target"],
+                    num_atoms=request["num_atoms"], elements=request["elements"],
+                    guidance=request["guidance"], steps=request["steps"], seed=request["seed"],
+                    batch_size=settings.sample_batch_size, progress=hb.progress,
+                )
+            with _timed(timings, "oracle"):
+                rows = [structure_record(s) for s in structures]
+                evaluate(structures, rows, dataset=job.dataset,
+                         oracle_workers=settings.oracle_workers)
+        except JobCancelled:
+            return _end(sessions, job_id, attempt, JobStatus.cancelled, None, timings, started)
+        except JobLost:
+            log.warning("job %s was taken over by another worker; stopping", job_id)
+            return None
+        except (DesignError, CheckpointError) as err:
+            return _end(sessions, job_id, attempt, JobStatus.failed, str(err), timings, started)
+        except Exception as err:
+            log.exception("job %s failed", job_id)
+            return _end(sessions, job_id, attempt, JobStatus.failed,
+                        f"internal error in the worker: {type(err).__name__}: {err}",
+                        timings, started)
+    summary = summarize(rows, target=request["target"])
+    with _timed(timings, "write"):
+        timings["total"] = round(time.perf_counter() - started, 3)
+        with sessions() as session:
+            written = queries.finish_job(session, job_id=job_id, attempt=attempt,
+                                         structures=rows, summary=summary, timings=timings)
+    if not written:
+        log.warning("job %s changed hands before it was written; results dropped", job_id)
+        return None
+    return JobStatus.succeeded
+
+
+def _end(sessions, job_id: str, attempt: int, status: JobStatus, error: str | None,
+         timings: dict, started: float) -> JobStatus | None:
+    timings["total"] = round(time.perf_counter() - started, 3)
+    with sessions() as session:
+        ended = queries.end_job(session, job_id=job_id, attempt=attempt, status=status,
+                                error=error, timings=timings)
+    return status if ended else None
+
+
+class _timed:
+    def __init__(self, timings: dict, key: str) -> None:
+        self.timings, self.key = timings, key
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *_exc) -> None:
+        self.timings[self.key] = round(time.perf_counter() - self.start, 3)
+
+
+def validate_checkpoint(sha256: str, *, settings: Settings,
+                        sessions: sessionmaker[Session]) -> str | None:
+    """Load an uploaded checkpoint and sample from it; record ready, or rejected with why.
+
+    Returns the rejection reason (None: accepted).
+    """
+    from model.checkpoint import CheckpointError
+    from model.sampling import DesignError, design
+
+    reason = None
+    try:
+        path = local_checkpoint(sessions, sha256=sha256,
+                                cache_dir=settings.resolved_checkpoint_cache_dir)
+        model = load_cached(Path(path))
+        steps = min(settings.validation_steps, model.schedule.config.timesteps)
+        structures = design(model, n=settings.validation_samples,
+                            target=model.meta["property"]["mean"], seed=0, steps=steps)
+        if len(structures) != settings.validation_samples:
+            reason = (f"sampling gave {len(structures)} structures, "
+                      f"not {settings.validation_samples}")
+    except (CheckpointError, DesignError) as err:
+        reason = str(err)
+    except Exception as err:
+        log.exception("checkpoint %s failed validation", sha256)
+        reason = f"{type(err).__name__}: {err}"
+    with sessions() as session:
+        queries.record_validation(session, sha256=sha256, reason=reason)
+        session.commit()
+    return reason
+
+
+def requeue_lost_jobs(*, settings: Settings, sessions: sessionmaker[Session], celery) -> list[str]:
+    """Enqueue again the queued jobs no broker seems to hold, and those whose worker died.
+
+    A job sent twice is harmless: only one worker can claim it.
+    """
+    with sessions() as session:
+        job_ids = queries.lost_jobs(session, requeue_after_s=settings.requeue_after_s,
+                                    stale_after_s=settings.stale_after_s)
+    sent = []
+    for job_id in job_ids:
+        if send(celery, DESIGN_TASK, job_id):
+            with sessions() as session:
+                queries.mark_enqueued(session, job_id=job_id)
+                session.commit()
+            sent.append(job_id)
+    if sent:
+        log.info("enqueued %d lost job(s) again: %s", len(sent), ", ".join(sent))
+    return sent

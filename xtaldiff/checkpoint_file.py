@@ -1,0 +1,161 @@
+"""Checks a checkpoint file's safetensors header without torch, before anything else reads it.
+
+A safetensors file is ``u64 little-endian N | N bytes of JSON header | tensor bytes``. The
+header maps each tensor to its dtype, shape and byte range, and ``__metadata__`` holds
+string-to-string pairs (xtaldiff keeps its JSON metadata there). Nothing here executes or
+unpickles anything: the API uses it on untrusted uploads, the worker then loads the weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import BinaryIO
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+    "U32": 4, "I32": 4, "F32": 4,
+    "U64": 8, "I64": 8, "F64": 8,
+}
+FORMAT = "xtaldiff-checkpoint"  # model.checkpoint writes this; the API cannot import it
+FORMAT_VERSION = 1
+DATASETS = ("perov_5", "carbon_24", "mp_20")
+CONDITIONINGS = ("cdi", "cds")
+REQUIRED_PROPERTY_KEYS = ("name", "unit", "min", "max")
+
+
+class CheckpointFileError(ValueError):
+    """The file is not a checkpoint xtaldiff can serve; the message says why."""
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    sha256: str
+    size_bytes: int
+    meta: dict
+    num_tensors: int
+
+    @property
+    def dataset(self) -> str:
+        return self.meta["dataset"]
+
+    @property
+    def conditioning(self) -> str:
+        return self.meta["conditioning"]
+
+
+def inspect_checkpoint(stream: BinaryIO) -> CheckpointFile:
+    """Check header, shapes and metadata of a seekable file, then hash it.
+
+    Raises CheckpointFileError naming the first problem found.
+    """
+    stream.seek(0, 2)
+    size = stream.tell()
+    stream.seek(0)
+    prefix = stream.read(8)
+    if len(prefix) < 8:
+        raise CheckpointFileError("file is shorter than a safetensors header (8 bytes)")
+    header_len = int.from_bytes(prefix, "little")
+    if header_len > MAX_HEADER_BYTES or header_len > size - 8:
+        raise CheckpointFileError(
+            f"header length {header_len} does not fit the file ({size} bytes): "
+            "not a safetensors file"
+        )
+    try:
+        header = json.loads(stream.read(header_len))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointFileError(f"safetensors header is not valid JSON: {err}") from None
+    if not isinstance(header, dict):
+        raise CheckpointFileError("safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", None)
+    num_tensors = _check_tensors(header, data_bytes=size - 8 - header_len)
+    meta = _xtaldiff_metadata(metadata)
+    stream.seek(0)
+    digest = hashlib.sha256()
+    while chunk := stream.read(1 << 20):
+        digest.update(chunk)
+    return CheckpointFile(digest.hexdigest(), size, meta, num_tensors)
+
+
+def _check_tensors(tensors: dict, *, data_bytes: int) -> int:
+    if not tensors:
+        raise CheckpointFileError("the file holds no tensors")
+    spans = []
+    for name, info in tensors.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise CheckpointFileError(f"tensor {name!r}: entry needs dtype, shape, data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in DTYPE_BYTES:
+            raise CheckpointFileError(f"tensor {name!r}: unknown dtype {dtype!r}")
+        if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+            raise CheckpointFileError(f"tensor {name!r}: shape must be a list of sizes")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))
+                and offsets[0] <= offsets[1]):
+            raise CheckpointFileError(f"tensor {name!r}: data_offsets must be [begin, end]")
+        expected = math.prod(shape) * DTYPE_BYTES[dtype]
+        if offsets[1] - offsets[0] != expected:
+            raise CheckpointFileError(
+                f"tensor {name!r}: shape {shape} of {dtype} needs {expected} bytes, "
+                f"offsets give {offsets[1] - offsets[0]}"
+            )
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    position = 0
+    for begin, end, name in spans:
+        if begin != position:
+            raise CheckpointFileError(f"tensor {name!r}: data overlaps or leaves a gap")
+        position = end
+    if position != data_bytes:
+        raise CheckpointFileError(
+            f"tensors cover {position} bytes but the file holds {data_bytes}: truncated or padded"
+        )
+    return len(spans)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _xtaldiff_metadata(metadata: object) -> dict:
+    if not isinstance(metadata, dict) or "xtaldiff" not in metadata:
+        raise CheckpointFileError(
+            "no xtaldiff metadata in the header (__metadata__.xtaldiff): "
+            "save checkpoints with model.checkpoint"
+        )
+    try:
+        meta = json.loads(metadata["xtaldiff"])
+    except (TypeError, json.JSONDecodeError) as err:
+        raise CheckpointFileError(f"xtaldiff metadata is not valid JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointFileError("xtaldiff metadata is not a JSON object")
+    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        raise CheckpointFileError(
+            f"checkpoint format {meta.get('format')!r} version {meta.get('version')!r}; "
+            f"this server reads {FORMAT!r} version {FORMAT_VERSION}"
+        )
+    if meta.get("dataset") not in DATASETS:
+        raise CheckpointFileError(f"metadata dataset must be one of {', '.join(DATASETS)}")
+    if meta.get("conditioning") not in CONDITIONINGS:
+        raise CheckpointFileError(
+            f"metadata conditioning must be one of {', '.join(CONDITIONINGS)}"
+        )
+    prop = meta.get("property")
+    if not isinstance(prop, dict) or any(k not in prop for k in REQUIRED_PROPERTY_KEYS):
+        raise CheckpointFileError(
+            f"metadata property needs {', '.join(REQUIRED_PROPERTY_KEYS)}"
+        )
+    if not all(isinstance(prop[k], int | float) and math.isfinite(prop[k])
+               for k in ("min", "max")) or prop["min"] > prop["max"]:
+        raise CheckpointFileError("metadata property min/max must be finite with min <= max")
+    elements = meta.get("elements")
+    if not (isinstance(elements, list) and elements and all(isinstance(e, str) for e in elements)):
+        raise CheckpointFileError("metadata elements must be a non-empty list of symbols")
+    num_atoms = meta.get("num_atoms")
+    if not (isinstance(num_atoms, dict) and num_atoms
+            and all(k.isdigit() and int(k) > 0 for k in num_atoms)):
+        raise CheckpointFileError("metadata num_atoms must map atom counts to probabilities")
+    return meta

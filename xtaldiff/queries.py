@@ -1,0 +1,327 @@
+"""Every query the API and the worker make, as keyword-only functions over a Session.
+
+Functions the API calls only flush (the request's session commits once); the worker's state
+transitions commit themselves, since each is one atomic step of a job's life.
+
+State changes a worker makes are compare-and-set on ``(status, attempt)``: a worker that lost
+its job (killed, taken over after a stale heartbeat, or cancelled) cannot write to it, and a
+redelivered task finds the job already claimed or finished.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from xtaldiff.checkpoint_file import CheckpointFile
+from xtaldiff.states import CheckpointStatus, JobStatus
+from xtaldiff.tables import Checkpoint, CheckpointBlob, Job, Structure, Worker, utcnow
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def add_checkpoint(
+    session: Session, *, file: CheckpointFile, name: str, data: bytes, status: CheckpointStatus
+) -> Checkpoint:
+    checkpoint = Checkpoint(
+        sha256=file.sha256, name=name, dataset=file.dataset, conditioning=file.conditioning,
+        status=status, active=False, meta=file.meta, size_bytes=file.size_bytes,
+        validated_at=utcnow() if status == CheckpointStatus.ready else None,
+    )
+    session.add(checkpoint)
+    session.add(CheckpointBlob(sha256=file.sha256, data=data))
+    session.flush()
+    return checkpoint
+
+
+def get_checkpoint(
+    session: Session, *, name: str | None = None, sha256: str | None = None
+) -> Checkpoint | None:
+    if sha256 is not None:
+        return session.get(Checkpoint, sha256)
+    return session.scalar(select(Checkpoint).where(Checkpoint.name == name))
+
+
+def active_checkpoint(session: Session, *, dataset: str) -> Checkpoint | None:
+    return session.scalar(
+        select(Checkpoint).where(Checkpoint.dataset == dataset, Checkpoint.active)
+    )
+
+
+def list_checkpoints(session: Session, *, ready_only: bool) -> Sequence[Checkpoint]:
+    query = select(Checkpoint).order_by(Checkpoint.dataset, Checkpoint.uploaded_at)
+    if ready_only:
+        query = query.where(Checkpoint.status == CheckpointStatus.ready)
+    return session.scalars(query).all()
+
+
+def activate_checkpoint(session: Session, *, checkpoint: Checkpoint) -> None:
+    """Make ``checkpoint`` the one its dataset's requests go to (it must be ready)."""
+    session.execute(
+        update(Checkpoint)
+        .where(Checkpoint.dataset == checkpoint.dataset, Checkpoint.sha256 != checkpoint.sha256)
+        .values(active=False)
+    )
+    # The unique partial index on active checkpoints sees the old one cleared first.
+    session.flush()
+    checkpoint.active = True
+    session.flush()
+
+
+def retire_checkpoint(session: Session, *, checkpoint: Checkpoint) -> None:
+    checkpoint.status = CheckpointStatus.retired
+    checkpoint.active = False
+    session.flush()
+
+
+def record_validation(session: Session, *, sha256: str, reason: str | None) -> Checkpoint | None:
+    """Mark a validating checkpoint ready (reason None) or rejected with the reason."""
+    checkpoint = session.get(Checkpoint, sha256)
+    if checkpoint is None or checkpoint.status != CheckpointStatus.validating:
+        return checkpoint
+    checkpoint.status = CheckpointStatus.rejected if reason else CheckpointStatus.ready
+    checkpoint.rejection_reason = reason
+    checkpoint.validated_at = utcnow()
+    session.flush()
+    return checkpoint
+
+
+def checkpoint_bytes(session: Session, *, sha256: str) -> bytes | None:
+    return session.scalar(select(CheckpointBlob.data).where(CheckpointBlob.sha256 == sha256))
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+
+def create_job(
+    session: Session, *, checkpoint: Checkpoint, request: dict, warnings: list[str],
+    owner: str | None,
+) -> Job:
+    job = Job(
+        id=str(uuid.uuid4()), status=JobStatus.queued, owner=owner,
+        checkpoint_sha256=checkpoint.sha256, model_name=checkpoint.name,
+        dataset=checkpoint.dataset, property_name=checkpoint.meta["property"]["name"],
+        property_unit=checkpoint.meta["property"]["unit"], request=request, warnings=warnings,
+        progress_done=0, progress_total=0, attempt=0, enqueue_count=0, cancel_requested=False,
+        timings={},
+        created_at=utcnow(),
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, *, job_id: str, owner: str | None = None) -> Job | None:
+    """The job, or None when it does not exist or belongs to another API key."""
+    job = session.get(Job, job_id)
+    if job is None or (owner is not None and job.owner != owner):
+        return None
+    return job
+
+
+def mark_enqueued(session: Session, *, job_id: str) -> None:
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(enqueued_at=utcnow(), enqueue_count=Job.enqueue_count + 1)
+    )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``claim_job`` found: ``attempt`` is set when this worker now owns the job."""
+
+    attempt: int | None
+    status: JobStatus
+    heartbeat_at: datetime | None
+
+
+def claim_job(session: Session, *, job_id: str, worker: str, stale_after_s: float) -> Claim | None:
+    """Take a queued job, or a running one whose worker stopped beating; None if no such job."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        return None
+    now = utcnow()
+    takeable = or_(
+        Job.status == JobStatus.queued,
+        (Job.status == JobStatus.running)
+        & (Job.heartbeat_at < now - timedelta(seconds=stale_after_s)),
+    )
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.attempt == job.attempt, Job.cancel_requested.is_(False),
+               takeable)
+        .values(status=JobStatus.running, attempt=job.attempt + 1, worker=worker,
+                heartbeat_at=now, started_at=func.coalesce(Job.started_at, now),
+                progress_done=0)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount == 1:
+        return Claim(job.attempt + 1, JobStatus.running, now)
+    session.refresh(job)
+    return Claim(None, JobStatus(job.status), job.heartbeat_at)
+
+
+def _owned(job_id: str, attempt: int):
+    return (Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running)
+
+
+def beat(session: Session, *, job_id: str, attempt: int, done: int | None = None,
+         total: int | None = None) -> bool | None:
+    """Record liveness (and progress). Returns cancel_requested, or None if the job is lost."""
+    values: dict = {"heartbeat_at": utcnow()}
+    if done is not None:
+        values.update(progress_done=done, progress_total=total)
+    result = session.execute(
+        update(Job).where(*_owned(job_id, attempt)).values(**values)
+        .returning(Job.cancel_requested)
+    )
+    row = result.first()
+    session.commit()
+    return None if row is None else bool(row[0])
+
+
+def finish_job(
+    session: Session, *, job_id: str, attempt: int, structures: list[dict], summary: dict,
+    timings: dict,
+) -> bool:
+    """Write every structure and mark the job succeeded, in one transaction, or do nothing.
+
+    False when this attempt no longer owns the job (another worker took it over, or it was
+    cancelled): then nothing is written, so a redelivered task never duplicates structures.
+    """
+    result = session.execute(
+        update(Job).where(*_owned(job_id, attempt))
+        .values(status=JobStatus.succeeded, finished_at=utcnow(), summary=summary,
+                timings=timings, heartbeat_at=utcnow())
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        return False
+    session.add_all(Structure(job_id=job_id, index=k, **row) for k, row in enumerate(structures))
+    session.commit()
+    return True
+
+
+def end_job(session: Session, *, job_id: str, attempt: int, status: JobStatus,
+            error: str | None, timings: dict | None = None) -> bool:
+    """Mark an owned job failed or cancelled."""
+    values: dict = {"status": status, "error": error, "finished_at": utcnow()}
+    if timings is not None:
+        values["timings"] = timings
+    result = session.execute(update(Job).where(*_owned(job_id, attempt)).values(**values))
+    session.commit()
+    return result.rowcount == 1
+
+
+def fail_unclaimed_job(session: Session, *, job_id: str, error: str) -> bool:
+    """Fail a job before any worker ran it (its checkpoint vanished, say)."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.failed, error=error, finished_at=utcnow())
+    )
+    session.commit()
+    return result.rowcount == 1
+
+
+def request_cancel(session: Session, *, job: Job) -> JobStatus:
+    """Cancel a queued job now; ask a running one to stop. Returns the job's status after."""
+    session.execute(
+        update(Job).where(Job.id == job.id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow())
+    )
+    session.execute(
+        update(Job).where(Job.id == job.id, Job.status == JobStatus.running)
+        .values(cancel_requested=True)
+    )
+    session.commit()
+    session.refresh(job)
+    return JobStatus(job.status)
+
+
+def lost_jobs(session: Session, *, requeue_after_s: float, stale_after_s: float) -> list[str]:
+    """Jobs to enqueue again: queued ones not (re)sent lately, running ones nobody beats for.
+
+    A running job whose worker died goes back to queued here; its attempt counter keeps the
+    dead worker, should it come back, from writing to it.
+    """
+    now = utcnow()
+    stale = now - timedelta(seconds=stale_after_s)
+    dead = (Job.status == JobStatus.running, Job.heartbeat_at < stale)
+    session.execute(
+        update(Job).where(*dead, Job.cancel_requested)
+        .values(status=JobStatus.cancelled, attempt=Job.attempt + 1, finished_at=now)
+    )
+    session.execute(
+        update(Job).where(*dead)
+        .values(status=JobStatus.queued, attempt=Job.attempt + 1, enqueued_at=None)
+    )
+    cutoff = now - timedelta(seconds=requeue_after_s)
+    ids = session.scalars(
+        select(Job.id).where(
+            Job.status == JobStatus.queued,
+            or_(Job.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=5)),
+                Job.enqueued_at < cutoff),
+        ).order_by(Job.created_at)
+    ).all()
+    session.commit()
+    return list(ids)
+
+
+def job_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    return {status: count for status, count in rows}
+
+
+# --- structures -----------------------------------------------------------------------------
+
+
+def _structures_of(job_id: str) -> Select:
+    return select(Structure).where(Structure.job_id == job_id).order_by(Structure.index)
+
+
+def list_structures(session: Session, *, job_id: str, offset: int = 0,
+                    limit: int | None = None) -> Sequence[Structure]:
+    return session.scalars(_structures_of(job_id).offset(offset).limit(limit)).all()
+
+
+def count_structures(session: Session, *, job_id: str) -> int:
+    return session.scalar(
+        select(func.count()).select_from(Structure).where(Structure.job_id == job_id)
+    )
+
+
+def get_structure(session: Session, *, job_id: str, index: int) -> Structure | None:
+    return session.scalar(
+        select(Structure).where(Structure.job_id == job_id, Structure.index == index)
+    )
+
+
+# --- workers --------------------------------------------------------------------------------
+
+
+def worker_seen(session: Session, *, name: str, pid: int, queues: str) -> None:
+    worker = session.get(Worker, name)
+    if worker is None:
+        session.add(Worker(name=name, pid=pid, queues=queues, started_at=utcnow(),
+                           last_seen_at=utcnow()))
+    else:
+        worker.pid, worker.queues, worker.last_seen_at = pid, queues, utcnow()
+    session.commit()
+
+
+def recent_workers(session: Session, *, within_s: float) -> Sequence[Worker]:
+    since = utcnow() - timedelta(seconds=within_s)
+    return session.scalars(select(Worker).where(Worker.last_seen_at >= since)
+                           .order_by(Worker.name)).all()
+
+
+def forget_worker(session: Session, *, name: str) -> None:
+    session.execute(delete(Worker).where(Worker.name == name))
+    session.commit()
