@@ -86,7 +86,8 @@ class Timings(BaseModel):
     queued_s: float | None = Field(description="Seconds between acceptance and start.")
     wall_s: float | None = Field(description="Seconds between acceptance and the end.")
     worker: dict[str, float] = Field(
-        description="Seconds the worker spent per phase: load, sample, oracle, write, total.",
+        description="Seconds the worker spent per phase: load, sample, analyse (symmetry, "
+        "CIFs), oracle, and total (all of them, up to writing the results).",
     )
 
 

@@ -52,3 +52,13 @@ def _stop_heartbeat(sender, **_kwargs) -> None:
             queries.forget_worker(session, name=sender.hostname)
     except Exception:
         log.warning("could not remove this worker from the workers table", exc_info=True)
+
+
+@worker_ready.connect
+def _warm_up(sender, **_kwargs) -> None:
+    """Import torch and the model code now, not when the first user's job arrives."""
+    threading.Thread(target=_import_model, daemon=True, name="warm-up").start()
+
+
+def _import_model() -> None:
+    import model.sampling  # noqa: F401  (the import is the warm-up)

@@ -135,10 +135,12 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
                     guidance=request["guidance"], steps=request["steps"], seed=request["seed"],
                     batch_size=settings.sample_batch_size, progress=hb.progress,
                 )
-            with _timed(timings, "oracle"):
+            with _timed(timings, "analyse"):
                 rows = [structure_record(s) for s in structures]
-                evaluate(structures, rows, dataset=job.dataset,
-                         oracle_workers=settings.oracle_workers)
+            if settings.oracle:
+                with _timed(timings, "oracle"):
+                    evaluate(structures, rows, dataset=job.dataset,
+                             oracle_workers=settings.oracle_workers)
         except JobCancelled:
             return _end(sessions, job_id, attempt, JobStatus.cancelled, None, timings, started)
         except JobLost:
@@ -152,11 +154,10 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
                         f"internal error in the worker: {type(err).__name__}: {err}",
                         timings, started)
     summary = summarize(rows, target=request["target"])
-    with _timed(timings, "write"):
-        timings["total"] = round(time.perf_counter() - started, 3)
-        with sessions() as session:
-            written = queries.finish_job(session, job_id=job_id, attempt=attempt,
-                                         structures=rows, summary=summary, timings=timings)
+    timings["total"] = round(time.perf_counter() - started, 3)
+    with sessions() as session:
+        written = queries.finish_job(session, job_id=job_id, attempt=attempt,
+                                     structures=rows, summary=summary, timings=timings)
     if not written:
         log.warning("job %s changed hands before it was written; results dropped", job_id)
         return None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from xtaldiff.settings import Settings
 from xtaldiff.states import (
@@ -36,7 +36,12 @@ def create_celery(settings: Settings, *, with_tasks: bool = False) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_queues=(Queue(GPU_QUEUE), Queue(DEFAULT_QUEUE)),
+        # Each queue on its own exchange and key: bound to one shared key, every message
+        # would be copied into both queues.
+        task_queues=tuple(Queue(name, Exchange(name, type="direct"), routing_key=name)
+                          for name in (GPU_QUEUE, DEFAULT_QUEUE)),
+        task_default_exchange=DEFAULT_QUEUE,
+        task_default_routing_key=DEFAULT_QUEUE,
         task_default_queue=DEFAULT_QUEUE,
         task_create_missing_queues=False,
         task_routes={

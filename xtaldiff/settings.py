@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         20, ge=1, description="Reverse steps of that validation sampling (enough to exercise "
         "every layer; quality is not judged)."
     )
+    oracle: bool = Field(
+        True, description="Predict each structure's property with the oracle (off: the "
+        "structures are stored without predictions)."
+    )
     oracle_workers: int = Field(
         1, ge=1, description="Processes the oracle uses to build CrystalNN graphs."
     )
@@ -139,7 +143,7 @@ class Settings(BaseSettings):
             "XTALDIFF_ENVIRONMENT": self.environment,
         }
         for name in ("sample_batch_size", "validation_samples", "validation_steps",
-                     "oracle_workers", "heartbeat_s", "stale_after_s",
+                     "oracle", "oracle_workers", "heartbeat_s", "stale_after_s",
                      "requeue_after_s", "sweep_every_s", "worker_seen_s", "db_connect_timeout_s"):
             env[f"XTALDIFF_{name.upper()}"] = str(getattr(self, name))
         return env

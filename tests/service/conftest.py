@@ -1,0 +1,205 @@
+"""Fixtures for the service: real PostgreSQL (a schema per test), SQLite files, real Redis
+(a key prefix per test), and real Celery workers in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from xtaldiff import db
+from xtaldiff.serve import register_checkpoint
+from xtaldiff.settings import REPO_ROOT, Settings
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "XTALDIFF_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("XTALDIFF_TEST_REDIS", "redis://127.0.0.1:6379/0")
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+FAST_TIMINGS = dict(heartbeat_s=0.5, stale_after_s=4.0, requeue_after_s=2.0, sweep_every_s=1.0,
+                    worker_seen_s=10.0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], *, timeout: float, what: str, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A URL whose connections live in a fresh schema, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{POSTGRES_ADMIN_URL}?options=-csearch_path%3D{schema}"
+    try:
+        yield url
+    finally:
+        db.get_engine(url).dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> Iterator[str]:
+    """An empty database of each kind."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'xtaldiff.db'}"
+        yield url
+        db.get_engine(url).dispose()
+    else:
+        with postgres_schema() as url:
+            yield url
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A Redis key prefix of this test's own; its keys are removed afterwards."""
+    prefix = f"xtaldiff-test-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def make_settings(tmp_path: Path, database_url: str, *, broker_url: str = REDIS_URL,
+                  prefix: str = "", **overrides) -> Settings:
+    options = {"global_keyprefix": prefix} if broker_url.startswith("redis") else {}
+    return Settings(
+        data_dir=tmp_path / "data", database_url=database_url, broker_url=broker_url,
+        broker_transport_options={**options, **overrides.pop("transport", {})},
+        admin_token=ADMIN_TOKEN, embedded_checkpoints=[], oracle=False, **FAST_TIMINGS,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def settings(tmp_path, database_url, redis_prefix) -> Settings:
+    db.upgrade(database_url)
+    return make_settings(tmp_path, database_url, prefix=redis_prefix)
+
+
+@pytest.fixture
+def sessions(settings):
+    return db.session_factory(settings.resolved_database_url)
+
+
+@pytest.fixture
+def checkpoint(settings, sessions, tiny_checkpoint):
+    """The tiny perov_5 checkpoint, registered, ready and active."""
+    return register_checkpoint(sessions, tiny_checkpoint)
+
+
+@pytest.fixture
+def client(settings) -> Iterator[TestClient]:
+    from api.main import create_app
+
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+class WorkerProcess:
+    """A real ``celery worker --pool solo`` in a subprocess, with our settings."""
+
+    def __init__(self, settings: Settings, log_path: Path, *, beat: bool = True) -> None:
+        self.name = f"w{uuid.uuid4().hex[:8]}@test"
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **settings.environ(), "PYTHONPATH": str(REPO_ROOT)}
+        command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo",
+                   "--queues", "gpu,default", "--hostname", self.name, "--loglevel", "info",
+                   "--without-gossip", "--without-mingle"]
+        if beat:
+            command.append("--beat")
+        self.log_path = log_path
+        self.log = open(log_path, "ab")
+        self.process = subprocess.Popen(command, env=env, stdout=self.log,
+                                        stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+    def wait_ready(self, sessions, timeout: float = 90) -> None:
+        from xtaldiff import queries
+
+        def seen():
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited:\n{self.log_path.read_text()[-3000:]}")
+            with sessions() as session:
+                return any(w.name == self.name
+                           for w in queries.recent_workers(session, within_s=30))
+
+        wait_for(seen, timeout=timeout, what="the worker to start")
+
+    def kill(self) -> None:
+        """SIGKILL: no warm shutdown, no chance to requeue or acknowledge anything."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    started: list[WorkerProcess] = []
+
+    def start(settings: Settings, sessions, *, beat: bool = True) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / f"worker{len(started)}.log", beat=beat)
+        started.append(worker)
+        worker.wait_ready(sessions)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def submit(client: TestClient, **body) -> str:
+    response = client.post("/design", json={"dataset": "perov_5", "target": 1.0, "steps": 5,
+                                            **body})
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def wait_job(client: TestClient, job_id: str, *, status: str, timeout: float = 120) -> dict:
+    def reached():
+        job = client.get(f"/jobs/{job_id}").json()
+        if job["status"] in ("failed", "succeeded", "cancelled") and job["status"] != status:
+            raise AssertionError(f"job ended {job['status']}: {job['error']}")
+        return job if job["status"] == status else None
+
+    return wait_for(reached, timeout=timeout, what=f"job {job_id} to be {status}", every=0.3)

@@ -1,0 +1,233 @@
+"""HTTP API on PostgreSQL and SQLite: the design flow, reading results, bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import zipfile
+
+import pytest
+from pymatgen.io.cif import CifParser
+
+from tests.service.conftest import submit
+from worker.jobs import run_design
+from xtaldiff import queries
+
+
+def run_inline(settings, sessions, job_id: str) -> None:
+    """The worker's own job code, called directly (no Celery) to make finished jobs fast."""
+    assert run_design(job_id, settings=settings, sessions=sessions) == "succeeded"
+
+
+def test_design_returns_202_with_location_and_a_queued_job(client, checkpoint):
+    response = client.post("/design", json={"dataset": "perov_5", "target": 1.0,
+                                            "num_samples": 3, "seed": 5})
+    assert response.status_code == 202
+    job = response.json()
+    assert response.headers["location"] == f"/jobs/{job['id']}"
+    assert job["status"] == "queued"
+    assert job["model"] == {"name": checkpoint.name, "sha256": checkpoint.sha256,
+                            "dataset": "perov_5", "property": "heat_ref", "unit": "eV"}
+    assert job["request"]["seed"] == 5 and job["request"]["num_samples"] == 3
+    assert client.get(job["links"]["self"]["href"]).json()["status"] == "queued"
+
+
+def test_job_ids_are_random_uuids_and_seed_is_recorded(client, checkpoint):
+    first, second = (client.post("/design", json={"dataset": "perov_5", "target": 1.0}).json()
+                     for _ in range(2))
+    assert first["id"] != second["id"] and len(first["id"]) == 36 and first["id"][14] == "4"
+    assert isinstance(first["request"]["seed"], int)
+
+
+def test_finished_job_lists_structures_summary_and_timings(client, checkpoint, settings,
+                                                          sessions):
+    job_id = submit(client, num_samples=4, seed=1)
+    run_inline(settings, sessions, job_id)
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["status"] == "succeeded"
+    assert job["progress"]["fraction"] == 1.0
+    assert [s["index"] for s in job["structures"]] == [0, 1, 2, 3]
+    assert job["summary"]["num_structures"] == 4
+    assert set(job["timings"]["worker"]) >= {"load", "sample", "analyse", "total"}
+    assert job["timings"]["wall_s"] >= job["timings"]["worker"]["sample"]
+    assert all(s["num_atoms"] == 5 for s in job["structures"])  # perov_5 cells
+
+
+def test_structures_paginate_and_serve_json_and_both_cifs(client, checkpoint, settings,
+                                                          sessions):
+    job_id = submit(client, num_samples=5, seed=2)
+    run_inline(settings, sessions, job_id)
+    page = client.get(f"/jobs/{job_id}/structures", params={"offset": 1, "limit": 2}).json()
+    assert [s["index"] for s in page["items"]] == [1, 2] and page["total"] == 5
+    assert page["links"]["next"]["href"].endswith("offset=3&limit=2")
+    assert page["links"]["prev"]["href"].endswith("offset=0&limit=2")
+    detail = client.get(f"/jobs/{job_id}/structures/3").json()
+    assert detail["index"] == 3 and set(detail["lattice"]) >= {"a", "alpha", "volume"}
+    symmetrized = client.get(f"/jobs/{job_id}/structures/3.cif")
+    p1 = client.get(f"/jobs/{job_id}/structures/3.cif", params={"cell": "p1"})
+    assert symmetrized.headers["content-type"].startswith("chemical/x-cif")
+    assert symmetrized.text == detail["cif"] and p1.text == detail["cif_p1"]
+    assert "_symmetry_space_group_name_H-M   'P 1'" in p1.text
+    structure = CifParser(io.StringIO(p1.text)).parse_structures(primitive=False)[0]
+    assert len(structure) == detail["num_atoms"]
+
+
+def test_bundle_holds_every_cif_and_the_summaries(client, checkpoint, settings, sessions):
+    job_id = submit(client, num_samples=3, seed=3)
+    run_inline(settings, sessions, job_id)
+    response = client.get(f"/jobs/{job_id}/bundle.zip")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    names = archive.namelist()
+    assert len([n for n in names if n.startswith("cif/")]) == 3
+    assert len([n for n in names if n.startswith("cif_p1/")]) == 3
+    summary = json.loads(archive.read("summary.json"))
+    assert summary["id"] == job_id and len(summary["structures"]) == 3
+    rows = list(csv.DictReader(io.StringIO(archive.read("summary.csv").decode())))
+    assert [int(r["index"]) for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert row["cif"] in names
+
+
+def test_bundle_of_an_unfinished_job_is_a_409(client, checkpoint):
+    job_id = submit(client)
+    response = client.get(f"/jobs/{job_id}/bundle.zip")
+    assert response.status_code == 409 and "queued" in response.json()["detail"]
+
+
+def test_cancel_queued_job_at_once_and_refuse_cancelling_a_finished_one(
+        client, checkpoint, settings, sessions):
+    job_id = submit(client)
+    response = client.delete(f"/jobs/{job_id}")
+    assert response.status_code == 202 and response.json()["status"] == "cancelled"
+    # The worker, should the message still arrive, leaves it alone.
+    assert run_design(job_id, settings=settings, sessions=sessions) is None
+    done = submit(client, num_samples=1)
+    run_inline(settings, sessions, done)
+    response = client.delete(f"/jobs/{done}")
+    assert response.status_code == 409 and "already succeeded" in response.json()["detail"]
+
+
+def test_models_lists_ready_checkpoints_with_property_range(client, checkpoint):
+    models = client.get("/models").json()
+    assert [m["name"] for m in models] == [checkpoint.name]
+    prop = models[0]["property"]
+    assert prop["name"] == "heat_ref" and prop["unit"] == "eV" and prop["min"] < prop["max"]
+    assert models[0]["active"] and models[0]["conditioning"] == "cdi"
+    assert models[0]["max_num_atoms"] == 5
+
+
+def test_target_just_outside_the_training_range_runs_with_a_warning(client, checkpoint):
+    low = checkpoint.meta["property"]["min"]
+    response = client.post("/design", json={"dataset": "perov_5", "target": low - 0.1})
+    assert response.status_code == 202
+    assert "below the lowest heat_ref" in response.json()["warnings"][0]
+
+
+def test_metrics_exports_request_counts_and_jobs_per_status(client, checkpoint):
+    submit(client)
+    client.get("/jobs/nope")
+    text = client.get("/metrics").text
+    assert 'xtaldiff_jobs{status="queued"} 1.0' in text
+    assert 'route="/jobs/{job_id}",status="404"' in text
+
+
+def test_plain_function_rejects_a_retired_model(settings, sessions, checkpoint):
+    from api.design import plan_design
+    from api.errors import BadRequest
+    from api.schemas import DesignRequest
+
+    with sessions() as session:
+        queries.retire_checkpoint(session, checkpoint=queries.get_checkpoint(
+            session, name=checkpoint.name))
+        session.commit()
+        with pytest.raises(BadRequest, match="is retired"):
+            plan_design(session, request=DesignRequest(model=checkpoint.name, target=1.0),
+                        settings=settings)
+
+
+# --- bad input: every case a 4xx whose message names what to change -------------------------
+
+BAD_DESIGNS = [
+    ({"model": "nope", "target": 1.0}, 422, "model 'nope' does not exist"),
+    ({"dataset": "mp_20", "target": 1.0}, 422, "no model serves dataset mp_20"),
+    ({"dataset": "perov_6", "target": 1.0}, 422, "dataset: Input should be"),
+    ({"target": 1.0}, 422, "give `model`"),
+    ({"dataset": "perov_5"}, 422, "target: Field required"),
+    ({"dataset": "perov_5", "target": "high"}, 422, "target: Input should be a valid number"),
+    ({"dataset": "perov_5", "target": 1e9}, 422, "far outside"),
+    ({"dataset": "perov_5", "target": 1.0, "num_samples": 0}, 422, "num_samples: Input should "
+     "be greater than or equal to 1"),
+    ({"dataset": "perov_5", "target": 1.0, "num_samples": 1001}, 422, "at most 1000 per job"),
+    ({"dataset": "perov_5", "target": 1.0, "elements": ["Xx"]}, 422, "'Xx' not chemical"),
+    ({"dataset": "perov_5", "target": 1.0, "elements": ["U"]}, 422, "never saw U"),
+    ({"dataset": "perov_5", "target": 1.0, "elements": []}, 422, "elements: List should have"),
+    ({"dataset": "perov_5", "target": 1.0, "num_atoms": 6}, 422, "at most 5 atoms"),
+    ({"dataset": "perov_5", "target": 1.0, "steps": 10**6}, 422, "steps is 1000000"),
+    ({"dataset": "perov_5", "target": 1.0, "seed": -1}, 422, "seed: Input should be greater"),
+    ({"dataset": "perov_5", "target": 1.0, "guidance": 100}, 422, "guidance is 100"),
+    ({"dataset": "perov_5", "target": 1.0, "colour": "red"}, 422, "colour: Extra inputs"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), BAD_DESIGNS,
+                         ids=[m for _, _, m in BAD_DESIGNS])
+def test_bad_design_requests_are_explained(client, checkpoint, body, status, message):
+    response = client.post("/design", json=body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_target_is_refused(client, checkpoint, literal):
+    # Python's JSON parser accepts these literals; the API must still refuse them.
+    body = '{"dataset": "perov_5", "target": ' + literal + '}'
+    response = client.post("/design", content=body,
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert "target: Input should be a finite number" in response.json()["detail"]
+
+
+def test_malformed_json_is_a_400(client, checkpoint):
+    response = client.post("/design", content='{"dataset": "perov_5", "target": ',
+                           headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "not valid JSON" in response.json()["detail"]
+
+
+def test_wrong_content_type_is_a_415(client, checkpoint):
+    response = client.post("/design", content="dataset=perov_5&target=1",
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 415 and "application/json" in response.json()["detail"]
+
+
+def test_unknown_job_and_structure_out_of_range_are_404s(client, checkpoint, settings,
+                                                         sessions):
+    response = client.get("/jobs/00000000-0000-4000-8000-000000000000")
+    assert response.status_code == 404 and "POST /design" in response.json()["detail"]
+    job_id = submit(client, num_samples=2)
+    response = client.get(f"/jobs/{job_id}/structures/0.cif")
+    assert response.status_code == 404 and "no structures (it is queued)" in response.text
+    run_inline(settings, sessions, job_id)
+    for path in (f"/jobs/{job_id}/structures/2", f"/jobs/{job_id}/structures/7.cif",
+                 f"/jobs/{job_id}/structures/-1"):
+        response = client.get(path)
+        assert response.status_code == 404 and "indices 0 to 1" in response.json()["detail"]
+    assert client.get(f"/jobs/{job_id}/structures/x").status_code == 422
+    assert client.get(f"/jobs/{job_id}/structures", params={"limit": 0}).status_code == 422
+
+
+def test_openapi_describes_every_field_and_gives_request_examples(client):
+    document = client.get("/openapi.json").json()
+    missing = [
+        f"{name}.{field}"
+        for name, schema in document["components"]["schemas"].items()
+        if not name.startswith(("HTTPValidationError", "ValidationError", "Body_"))
+        for field, spec in schema.get("properties", {}).items()
+        if "description" not in spec and "$ref" not in spec and "allOf" not in spec
+    ]
+    assert missing == []
+    design = document["components"]["schemas"]["DesignRequest"]
+    assert design["examples"] and all("target" in e for e in design["examples"])
+    assert math.isfinite(design["examples"][0]["target"])

@@ -1,0 +1,145 @@
+"""What `xtaldiff serve` and `xtaldiff worker` do, as plain functions.
+
+Embedded mode (the default): SQLite file and kombu's SQLAlchemy transport on a SQLite file in
+the data directory, the schema migrated, the committed checkpoints registered and active, and
+a real Celery worker in a child process that this process starts, restarts if it dies, and
+stops with itself. The task code is the production code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from xtaldiff import db, queries
+from xtaldiff.checkpoint_file import inspect_checkpoint
+from xtaldiff.settings import REPO_ROOT, Settings
+from xtaldiff.states import DEFAULT_QUEUE, GPU_QUEUE, CheckpointStatus
+from xtaldiff.tables import Checkpoint
+
+log = logging.getLogger(__name__)
+STOP_GRACE_S = 20
+
+
+def register_checkpoint(sessions: sessionmaker[Session], path: Path) -> Checkpoint:
+    """Store a trusted local checkpoint as ready and make it its dataset's active model."""
+    with open(path, "rb") as handle:
+        inspected = inspect_checkpoint(handle)
+        with sessions() as session:
+            checkpoint = queries.get_checkpoint(session, sha256=inspected.sha256)
+            if checkpoint is None:
+                name = path.stem
+                if queries.get_checkpoint(session, name=name) is not None:
+                    name = f"{name}_{inspected.sha256[:8]}"
+                handle.seek(0)
+                checkpoint = queries.add_checkpoint(
+                    session, file=inspected, name=name, data=handle.read(),
+                    status=CheckpointStatus.ready,
+                )
+            if checkpoint.status == CheckpointStatus.ready:
+                queries.activate_checkpoint(session, checkpoint=checkpoint)
+            session.commit()
+    return checkpoint
+
+
+def worker_command(*, queues: str, concurrency: int, pool: str, beat: bool,
+                   loglevel: str, hostname: str | None = None) -> list[str]:
+    command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+               "--queues", queues, "--concurrency", str(concurrency), "--pool", pool,
+               "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+    if beat:
+        command.append("--beat")
+    if hostname:
+        command += ["--hostname", hostname]
+    return command
+
+
+class WorkerSupervisor:
+    """Runs the worker child, restarts it if it dies, stops it on ``stop()``."""
+
+    def __init__(self, settings: Settings, *, loglevel: str = "info") -> None:
+        self.command = worker_command(
+            queues=f"{GPU_QUEUE},{DEFAULT_QUEUE}", concurrency=1, pool="solo", beat=True,
+            loglevel=loglevel, hostname=f"embedded@{socket.gethostname()}",
+        )
+        self.env = {**os.environ, **settings.environ(),
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT),
+                                                                os.environ.get("PYTHONPATH")]))}
+        self.process: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._supervise, name="worker-supervisor",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            self.process = subprocess.Popen(self.command, env=self.env)
+            code = self.process.wait()
+            if not self._stopping.is_set():
+                log.warning("embedded worker exited with %s; starting it again", code)
+                self._stopping.wait(2)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self.process is not None and self.process.poll() is None:
+            # SIGTERM is Celery's warm shutdown: the running task finishes or is requeued.
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._thread.join(timeout=5)
+
+
+def prepare_embedded(settings: Settings) -> None:
+    """Migrate the schema and register the committed checkpoints."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url
+    db.upgrade(url)
+    sessions = db.session_factory(url)
+    for path in settings.embedded_checkpoints:
+        if not path.is_file():
+            log.warning("no checkpoint at %s: upload one through /admin/checkpoints", path)
+            continue
+        checkpoint = register_checkpoint(sessions, path)
+        log.info("serving %s (%s) for %s", checkpoint.name, checkpoint.sha256[:12],
+                 checkpoint.dataset)
+
+
+def serve(settings: Settings, *, embedded_worker: bool, migrate: bool, workers: int = 1,
+          log_level: str = "info") -> None:
+    import uvicorn
+
+    if migrate:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db.upgrade(settings.resolved_database_url)
+    supervisor = None
+    if embedded_worker:
+        prepare_embedded(settings)
+        supervisor = WorkerSupervisor(settings, loglevel=log_level)
+        supervisor.start()
+    try:
+        if workers > 1:
+            # Each uvicorn worker process builds its app from the same XTALDIFF_* environment.
+            os.environ.update(settings.environ())
+            target = "api.main:create_app"
+        else:
+            from api.main import create_app
+
+            target = create_app(settings)
+        uvicorn.run(target, factory=workers > 1, host=settings.host, port=settings.port,
+                    workers=workers, log_level=log_level)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
