@@ -167,3 +167,80 @@ def bench(
     with user_errors():
         result = run_benchmarks([d.value for d in datasets or list(Dataset)], sample_n, sample_steps, train_batches)
     typer.echo(json.dumps(result, indent=2))
+
+
+def _service_settings(database_url: str | None, broker_url: str | None, data_dir: Path | None,
+                      **more: object):
+    """Settings from XTALDIFF_* variables, with the command's options taking precedence."""
+    import os
+
+    from pydantic import ValidationError
+
+    from xtaldiff.settings import get_settings
+
+    given = {"DATABASE_URL": database_url, "BROKER_URL": broker_url, "DATA_DIR": data_dir, **more}
+    for name, value in given.items():
+        if value is not None:
+            os.environ[f"XTALDIFF_{name.upper()}"] = str(value)
+    get_settings.cache_clear()
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        raise fail(str(exc)) from None
+
+
+DatabaseUrlOption = Annotated[str | None, typer.Option(
+    help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [default: SQLite in data dir].")]
+BrokerUrlOption = Annotated[str | None, typer.Option(
+    help="Celery broker, e.g. redis://host:6379/0 [default: SQLite file in data dir, no server].")]
+DataDirOption = Annotated[Path | None, typer.Option(help="Embedded database, broker, cache.")]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    database_url: DatabaseUrlOption = None,
+    broker_url: BrokerUrlOption = None,
+    data_dir: DataDirOption = None,
+    embedded_worker: Annotated[bool | None, typer.Option(
+        help="Run a Celery worker child and register checkpoints/ [default: on unless a "
+        "broker URL is given].")] = None,
+    migrate: Annotated[bool, typer.Option(help="Upgrade the schema before serving.")] = True,
+    workers: Annotated[int, typer.Option(min=1, help="API processes.")] = 1,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """Start the HTTP API (embedded by default: SQLite, no broker server, worker inside)."""
+    from xtaldiff.serve import serve as run_server
+
+    settings = _service_settings(database_url, broker_url, data_dir, host=host, port=port)
+    if embedded_worker is None:
+        embedded_worker = settings.broker_url is None
+    run_server(settings, embedded_worker=embedded_worker, migrate=migrate, workers=workers,
+               log_level=log_level)
+
+
+@app.command()
+def worker(
+    database_url: DatabaseUrlOption = None,
+    broker_url: BrokerUrlOption = None,
+    data_dir: DataDirOption = None,
+    queues: Annotated[str, typer.Option(help="Queues to consume.")] = "gpu,default",
+    concurrency: Annotated[int, typer.Option(min=1, help="Task processes (one per GPU).")] = 1,
+    pool: Annotated[str, typer.Option(
+        help="solo: tasks run in this process, which may start the oracle's helper processes "
+        "(prefork's daemonic children may not).")] = "solo",
+    beat: Annotated[bool, typer.Option(
+        help="Also run the periodic re-enqueue of lost jobs (one per deployment).")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """Run a Celery worker that executes design jobs and checkpoint validations."""
+    import os
+
+    from xtaldiff.serve import worker_command
+
+    settings = _service_settings(database_url, broker_url, data_dir)
+    command = worker_command(queues=queues, concurrency=concurrency, pool=pool, beat=beat,
+                             loglevel=log_level)
+    os.environ.update(settings.environ())
+    os.execv(command[0], command)
