@@ -60,7 +60,11 @@ def create_celery(settings: Settings, *, with_tasks: bool = False) -> Celery:
             "max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1,
         },
         beat_schedule={
-            "requeue-lost-jobs": {"task": SWEEP_TASK, "schedule": settings.sweep_every_s},
+            "requeue-lost-jobs": {
+                "task": SWEEP_TASK, "schedule": settings.sweep_every_s,
+                # Checks that waited behind a long job are dropped, not run in a burst.
+                "options": {"expires": settings.sweep_every_s},
+            },
         },
         beat_schedule_filename=str(settings.data_dir / "celerybeat-schedule"),
         worker_hijack_root_logger=False,

@@ -258,20 +258,21 @@ def lost_jobs(session: Session, *, requeue_after_s: float, stale_after_s: float)
         update(Job).where(*dead, Job.cancel_requested)
         .values(status=JobStatus.cancelled, attempt=Job.attempt + 1, finished_at=now)
     )
-    session.execute(
+    revived = session.scalars(
         update(Job).where(*dead)
         .values(status=JobStatus.queued, attempt=Job.attempt + 1, enqueued_at=None)
-    )
+        .returning(Job.id)
+    ).all()
     cutoff = now - timedelta(seconds=requeue_after_s)
+    # A job the API has just written may not be sent yet: leave it a moment.
+    unsent = Job.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=5))
     ids = session.scalars(
-        select(Job.id).where(
-            Job.status == JobStatus.queued,
-            or_(Job.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=5)),
-                Job.enqueued_at < cutoff),
-        ).order_by(Job.created_at)
+        select(Job.id).where(Job.status == JobStatus.queued,
+                             or_(unsent, Job.enqueued_at < cutoff))
+        .order_by(Job.created_at)
     ).all()
     session.commit()
-    return list(ids)
+    return list(dict.fromkeys([*revived, *ids]))
 
 
 def job_counts(session: Session) -> dict[str, int]:

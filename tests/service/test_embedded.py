@@ -1,0 +1,71 @@
+"""`xtaldiff serve` with no servers: SQLite, the SQLAlchemy broker file, a worker child."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import zipfile
+
+import httpx
+from pymatgen.io.cif import CifParser
+
+from tests.service.conftest import FAST_TIMINGS, free_port, wait_for
+from xtaldiff.settings import REPO_ROOT
+
+
+def test_embedded_serve_designs_perovskites_end_to_end(tmp_path, tiny_checkpoint):
+    port = free_port()
+    env = {**os.environ, "XTALDIFF_EMBEDDED_CHECKPOINTS": json.dumps([str(tiny_checkpoint)]),
+           "XTALDIFF_ORACLE": "false",
+           **{f"XTALDIFF_{k.upper()}": str(v) for k, v in FAST_TIMINGS.items()}}
+    for name in ("XTALDIFF_DATABASE_URL", "XTALDIFF_BROKER_URL"):
+        env.pop(name, None)
+    log = open(tmp_path / "serve.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from xtaldiff.cli import app; app()", "serve",
+         "--data-dir", str(tmp_path / "data"),
+         "--port", str(port), "--log-level", "warning"],
+        env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def healthy_with_worker():
+            try:
+                body = httpx.get(f"{base}/health", timeout=5).json()
+            except httpx.HTTPError:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                return None
+            return body["status"] == "ok"
+
+        wait_for(healthy_with_worker, timeout=120, what="the embedded service")
+        assert (tmp_path / "data" / "xtaldiff.db").is_file()
+        assert (tmp_path / "data" / "broker.db").is_file()
+        models = httpx.get(f"{base}/models").json()
+        assert [(m["dataset"], m["active"]) for m in models] == [("perov_5", True)]
+        response = httpx.post(f"{base}/design", json={"dataset": "perov_5", "target": 1.0,
+                                                      "num_samples": 4, "steps": 5})
+        assert response.status_code == 202
+        location = base + response.headers["location"]
+        job = wait_for(lambda: (j := httpx.get(location).json())["status"] == "succeeded" and j,
+                       timeout=120, what="the job")
+        assert len(job["structures"]) == 4
+        bundle = zipfile.ZipFile(io.BytesIO(httpx.get(f"{location}/bundle.zip").content))
+        for name in bundle.namelist():
+            if name.endswith(".cif"):
+                parsed = CifParser(io.StringIO(bundle.read(name).decode())).parse_structures(
+                    primitive=False)
+                assert len(parsed[0]) == 5
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(60)
+        log.close()
+    # The worker child (and its beat process) went down with the server.
+    def session_empty():
+        found = subprocess.run(["pgrep", "-s", str(server.pid)], capture_output=True, text=True)
+        return found.stdout.strip() == ""
+
+    wait_for(session_empty, timeout=30, what="the worker processes to exit")

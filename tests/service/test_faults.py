@@ -1,0 +1,89 @@
+"""Faults: the broker restarted (or down) while jobs are queued, the database unreachable."""
+
+from __future__ import annotations
+
+import redis
+from fastapi.testclient import TestClient
+
+from tests.service.conftest import (
+    RedisServer,
+    TcpProxy,
+    WorkerProcess,
+    make_settings,
+    postgres_schema,
+    submit,
+    wait_job,
+)
+from xtaldiff import db
+from xtaldiff.serve import register_checkpoint
+from xtaldiff.tables import Job
+
+
+def test_jobs_survive_a_redis_restart_and_a_failed_enqueue(tmp_path, tiny_checkpoint):
+    from api.main import create_app
+
+    server = RedisServer(tmp_path)
+    with postgres_schema() as url:
+        db.upgrade(url)
+        settings = make_settings(tmp_path, url, broker_url=server.url)
+        sessions = db.session_factory(url)
+        register_checkpoint(sessions, tiny_checkpoint)
+        worker = None
+        try:
+            with TestClient(create_app(settings)) as client:
+                # Broker down: the job is accepted and stays queued, never sent.
+                unsent = submit(client, num_samples=2)
+                with sessions() as session:
+                    assert session.get(Job, unsent).enqueued_at is None
+                server.start()
+                sent = submit(client, num_samples=2)
+                broker = redis.Redis(port=server.port)
+                assert broker.llen("gpu") == 1
+                # Restarted without persistence: the queued message is gone.
+                server.stop()
+                server.start()
+                assert broker.llen("gpu") == 0
+                worker = WorkerProcess(settings, tmp_path / "worker.log")
+                for job_id in (unsent, sent):
+                    job = wait_job(client, job_id, status="succeeded", timeout=120)
+                    assert len(job["structures"]) == 2
+        finally:
+            if worker is not None:
+                worker.stop()
+            server.stop()
+
+
+def test_database_unreachable_gives_503_and_health_says_so(tmp_path, tiny_checkpoint,
+                                                           redis_prefix):
+    from api.main import create_app
+
+    with postgres_schema() as url:
+        db.upgrade(url)
+        register_checkpoint(db.session_factory(url), tiny_checkpoint)
+        proxy = TcpProxy(("127.0.0.1", 5432))
+        proxy.start()
+        proxied = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        settings = make_settings(tmp_path, proxied, prefix=redis_prefix,
+                                 db_connect_timeout_s=1)
+        try:
+            with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+                job_id = submit(client)
+                assert client.get("/health").status_code == 200
+                proxy.stop()
+                health = client.get("/health")
+                assert health.status_code == 503
+                body = health.json()
+                assert body["status"] == "unavailable" and not body["database"]["ok"]
+                assert body["database"]["error"] and body["broker"]["ok"]
+                for response in (client.get(f"/jobs/{job_id}"), client.get("/models"),
+                                 client.post("/design", json={"dataset": "perov_5",
+                                                              "target": 1.0})):
+                    assert response.status_code == 503
+                    assert "database is unavailable" in response.json()["detail"]
+                    assert response.headers["retry-after"]
+                proxy.start()
+                assert client.get(f"/jobs/{job_id}").status_code == 200
+                assert client.get("/health").status_code == 200
+        finally:
+            proxy.stop()
+            db.get_engine(proxied, 1).dispose()

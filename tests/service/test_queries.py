@@ -1,0 +1,131 @@
+"""The job state machine as plain functions: claims, takeovers, finishing once, sweeps."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from worker.jobs import requeue_lost_jobs
+from xtaldiff import queries
+from xtaldiff.broker import create_celery
+from xtaldiff.states import JobStatus
+from xtaldiff.summary import summarize
+from xtaldiff.tables import Checkpoint, Job, Structure, utcnow
+
+ROW = dict(formula="Ba1 Ti1 O3", reduced_formula="BaTiO3", num_atoms=5, a=4.0, b=4.0, c=4.0,
+           alpha=90.0, beta=90.0, gamma=90.0, volume=64.0, space_group_symbol="Pm-3m",
+           space_group_number=221, cif="data_x", cif_p1="data_x", predicted_property=None,
+           prediction_note=None, valid_structure=None, valid_composition=None)
+
+
+@pytest.fixture
+def job_id(sessions, checkpoint) -> str:
+    with sessions() as session:
+        job = queries.create_job(session, checkpoint=session.get(Checkpoint, checkpoint.sha256),
+                                 request={"target": 0.0}, warnings=[], owner=None)
+        session.commit()
+        return job.id
+
+
+def claim(sessions, job_id, stale_after_s=30.0):
+    with sessions() as session:
+        return queries.claim_job(session, job_id=job_id, worker="w", stale_after_s=stale_after_s)
+
+
+def finish(sessions, job_id, attempt, n=3) -> bool:
+    with sessions() as session:
+        return queries.finish_job(session, job_id=job_id, attempt=attempt,
+                                  structures=[ROW] * n, summary={}, timings={})
+
+
+def structure_count(sessions, job_id) -> int:
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(Structure)
+                              .where(Structure.job_id == job_id))
+
+
+def age_heartbeat(sessions, job_id, seconds: float) -> None:
+    with sessions() as session:
+        session.execute(update(Job).where(Job.id == job_id)
+                        .values(heartbeat_at=utcnow() - timedelta(seconds=seconds)))
+        session.commit()
+
+
+def test_only_one_worker_claims_a_job(sessions, job_id):
+    first, second = claim(sessions, job_id), claim(sessions, job_id)
+    assert first.attempt == 1
+    assert second.attempt is None and second.status == JobStatus.running
+
+
+def test_a_stale_running_job_is_taken_over_and_the_old_owner_cannot_write(sessions, job_id):
+    old = claim(sessions, job_id).attempt
+    age_heartbeat(sessions, job_id, 60)
+    new = claim(sessions, job_id).attempt
+    assert new == old + 1
+    assert finish(sessions, job_id, old) is False
+    assert structure_count(sessions, job_id) == 0
+    assert finish(sessions, job_id, new) is True
+    assert finish(sessions, job_id, new) is False  # a retry of the same attempt writes nothing
+    assert structure_count(sessions, job_id) == 3
+
+
+def test_heartbeat_reports_cancellation_and_loss(sessions, job_id):
+    attempt = claim(sessions, job_id).attempt
+    with sessions() as session:
+        assert queries.beat(session, job_id=job_id, attempt=attempt, done=1, total=9) is False
+        assert queries.request_cancel(session, job=session.get(Job, job_id)) == "running"
+        assert queries.beat(session, job_id=job_id, attempt=attempt) is True
+        assert queries.beat(session, job_id=job_id, attempt=attempt + 1) is None
+        assert session.get(Job, job_id, populate_existing=True).progress_done == 1
+
+
+def test_sweep_requeues_dead_jobs_and_cancels_dead_cancelled_ones(sessions, settings, job_id,
+                                                                  checkpoint):
+    with sessions() as session:
+        cancelled = queries.create_job(
+            session, checkpoint=session.get(Checkpoint, checkpoint.sha256),
+            request={}, warnings=[], owner=None).id
+        session.commit()
+    for jid in (job_id, cancelled):
+        claim(sessions, jid)
+        age_heartbeat(sessions, jid, 60)
+    with sessions() as session:
+        queries.request_cancel(session, job=session.get(Job, cancelled))
+    sent = requeue_lost_jobs(settings=settings, sessions=sessions,
+                             celery=create_celery(settings))
+    assert sent == [job_id]
+    with sessions() as session:
+        requeued, dead = session.get(Job, job_id), session.get(Job, cancelled)
+        assert (requeued.status, requeued.attempt, requeued.enqueue_count) == ("queued", 2, 1)
+        assert dead.status == "cancelled"
+    # Just enqueued: not sent again until requeue_after_s has passed.
+    assert requeue_lost_jobs(settings=settings, sessions=sessions,
+                             celery=create_celery(settings)) == []
+
+
+def test_database_allows_one_active_checkpoint_per_dataset(sessions, checkpoint, tmp_path):
+    from tests.conftest import tiny_checkpoint_file
+    from xtaldiff.serve import register_checkpoint
+
+    other = register_checkpoint(sessions, tiny_checkpoint_file(tmp_path / "b.safetensors",
+                                                               seed=9))
+    with sessions() as session:
+        assert session.get(Checkpoint, checkpoint.sha256).active is False
+        with pytest.raises(IntegrityError):
+            session.execute(update(Checkpoint).values(active=True))
+    assert other.active
+
+
+def test_summary_counts_and_quantiles():
+    rows = [dict(predicted_property=v, valid_structure=True, valid_composition=v < 3)
+            for v in (1.0, 2.0, 3.0, 4.0)]
+    rows.append(dict(predicted_property=None, valid_structure=None, valid_composition=None))
+    summary = summarize(rows, target=2.0)
+    assert (summary["num_structures"], summary["num_checked"], summary["num_valid"]) == (5, 4, 2)
+    assert summary["num_predicted"] == 4 and summary["num_at_or_below_target"] == 2
+    assert summary["predicted"]["quantiles"]["0.5"] == 2.5
+    assert summary["predicted"]["quantiles"]["0.25"] == 1.75
+    assert summarize([], target=0)["predicted"] is None

@@ -1,0 +1,181 @@
+"""Admin token, API keys, checkpoint uploads (size, header, shapes, never unpickled), and the
+API process never importing torch."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import subprocess
+import sys
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.service.conftest import ADMIN, make_settings, submit
+from worker.jobs import validate_checkpoint
+from xtaldiff.settings import REPO_ROOT
+
+
+def test_api_process_never_imports_torch():
+    code = ("import sys; from api.main import create_app; app = create_app(); app.openapi(); "
+            "print('torch' in sys.modules, 'model' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO_ROOT, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_admin_routes_need_the_token(client):
+    assert client.get("/admin/checkpoints").status_code == 401
+    wrong = client.get("/admin/checkpoints", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 403 and wrong.json()["detail"] == "wrong admin token"
+    assert client.get("/admin/checkpoints", headers=ADMIN).status_code == 200
+
+
+def test_admin_routes_are_off_without_a_configured_token(tmp_path, database_url):
+    from api.main import create_app
+    from xtaldiff import db
+
+    db.upgrade(database_url)
+    settings = make_settings(tmp_path, database_url).model_copy(update={"admin_token": None})
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/admin/checkpoints", headers=ADMIN)
+    assert response.status_code == 403 and "XTALDIFF_ADMIN_TOKEN" in response.json()["detail"]
+
+
+def test_api_keys_gate_requests_and_hide_other_keys_jobs(tmp_path, database_url, redis_prefix,
+                                                         tiny_checkpoint):
+    from pydantic import SecretStr
+
+    from api.main import create_app
+    from xtaldiff import db
+    from xtaldiff.serve import register_checkpoint
+
+    db.upgrade(database_url)
+    register_checkpoint(db.session_factory(database_url), tiny_checkpoint)
+    settings = make_settings(tmp_path, database_url, prefix=redis_prefix).model_copy(
+        update={"api_keys": [SecretStr("key-alice"), SecretStr("key-bob")]})
+    body = {"dataset": "perov_5", "target": 1.0}
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/design", json=body).status_code == 401
+        assert client.post("/design", json=body,
+                           headers={"X-API-Key": "key-eve"}).status_code == 403
+        job = client.post("/design", json=body, headers={"X-API-Key": "key-alice"}).json()
+        alice = client.get(f"/jobs/{job['id']}", headers={"Authorization": "Bearer key-alice"})
+        bob = client.get(f"/jobs/{job['id']}", headers={"X-API-Key": "key-bob"})
+        assert alice.status_code == 200 and bob.status_code == 404
+        assert client.delete(f"/jobs/{job['id']}", headers={"X-API-Key": "key-bob"}
+                             ).status_code == 404
+
+
+def _upload(client, content: bytes, name: str | None = None):
+    data = {"name": name} if name else {}
+    return client.post("/admin/checkpoints", headers=ADMIN, data=data,
+                       files={"file": ("model.safetensors", content)})
+
+
+def _safetensors(header: dict, data: bytes) -> bytes:
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded + data
+
+
+class _Exploit:
+    """Unpickling this runs a command: proof that an upload is never unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (subprocess.call, (["touch", str(self.marker)],))
+
+
+def test_pickles_are_refused_without_being_loaded(client, tmp_path):
+    marker = tmp_path / "pwned"
+    response = _upload(client, pickle.dumps(_Exploit(marker)))
+    assert response.status_code == 422 and "not a safetensors file" in response.json()["detail"]
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("header", "data", "message"), [
+    ({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}, b"\0" * 12,
+     "truncated or padded"),
+    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8,
+     "needs 12 bytes"),
+    ({"w": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 1]}}, b"\0", "unknown dtype"),
+    ({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4,
+     "no xtaldiff metadata"),
+    ({"__metadata__": {"xtaldiff": "{"}, "w": {"dtype": "F32", "shape": [1],
+                                               "data_offsets": [0, 4]}}, b"\0" * 4,
+     "not valid JSON"),
+])
+def test_malformed_checkpoints_are_refused_with_the_reason(client, header, data, message):
+    response = _upload(client, _safetensors(header, data))
+    assert response.status_code == 422 and message in response.json()["detail"]
+
+
+def test_upload_over_the_size_limit_is_a_413(tmp_path, database_url):
+    from api.main import create_app
+    from xtaldiff import db
+
+    db.upgrade(database_url)
+    settings = make_settings(tmp_path, database_url).model_copy(
+        update={"max_upload_bytes": 4096})
+    with TestClient(create_app(settings)) as client:
+        assert _upload(client, b"\0" * 5000).status_code == 413
+        # Without a Content-Length the limit is counted while the body streams in.
+        chunks = (b"--b\r\nContent-Disposition: form-data; name=file; filename=x\r\n\r\n",
+                  *(b"\0" * 1024 for _ in range(8)), b"\r\n--b--\r\n")
+        response = client.post("/admin/checkpoints", headers={
+            **ADMIN, "content-type": "multipart/form-data; boundary=b"},
+            content=iter(chunks))
+        assert response.status_code == 413 and "4096 bytes" in response.json()["detail"]
+
+
+def test_duplicate_and_badly_named_uploads(client, tiny_checkpoint):
+    content = tiny_checkpoint.read_bytes()
+    assert _upload(client, content, name="bad name!").status_code == 422
+    first = _upload(client, content, name="tiny_a")
+    assert first.status_code == 202 and first.json()["status"] == "validating"
+    again = _upload(client, content, name="tiny_b")
+    assert again.status_code == 409 and "'tiny_a'" in again.json()["detail"]
+
+
+def test_a_checkpoint_whose_weights_do_not_load_is_rejected_with_the_reason(
+        client, settings, sessions, tiny_checkpoint, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(tiny_checkpoint), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    dropped = sorted(k for k in tensors if not k.startswith("schedule."))[0]
+    del tensors[dropped]
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata=metadata)
+    response = _upload(client, broken.read_bytes(), name="broken")
+    assert response.status_code == 202  # header and shapes are consistent
+    reason = validate_checkpoint(response.json()["sha256"], settings=settings, sessions=sessions)
+    assert "do not match the architecture" in reason
+    rows = client.get("/admin/checkpoints", headers=ADMIN).json()
+    assert rows[0]["status"] == "rejected" and rows[0]["rejection_reason"] == reason
+    refused = client.post("/admin/checkpoints/broken/activate", headers=ADMIN)
+    assert refused.status_code == 409 and "rejected" in refused.json()["detail"]
+    assert client.get("/models").json() == []
+
+
+def test_activate_switches_the_dataset_model_and_retire_stops_it(
+        client, settings, sessions, checkpoint, tmp_path):
+    from tests.conftest import tiny_checkpoint_file
+
+    other = tiny_checkpoint_file(tmp_path / "other.safetensors", seed=3)
+    sha = _upload(client, other.read_bytes(), name="other").json()["sha256"]
+    assert validate_checkpoint(sha, settings=settings, sessions=sessions) is None
+    assert client.post("/admin/checkpoints/other/activate", headers=ADMIN).status_code == 200
+    active = {m["name"]: m["active"] for m in client.get("/models").json()}
+    assert active == {checkpoint.name: False, "other": True}
+    job_id = submit(client)
+    assert client.get(f"/jobs/{job_id}").json()["model"]["name"] == "other"
+    assert client.post("/admin/checkpoints/other/retire", headers=ADMIN).status_code == 200
+    response = client.post("/design", json={"dataset": "perov_5", "target": 1.0})
+    assert response.status_code == 422 and "no model serves dataset perov_5" in response.text
+    assert client.post("/admin/checkpoints/nope/retire", headers=ADMIN).status_code == 404
