@@ -11,6 +11,7 @@ import csv
 import gzip
 import hashlib
 import math
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -74,7 +75,10 @@ def parse_cif(cif: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     from pymatgen.core import Lattice, Structure
 
-    structure = Structure.from_str(cif, fmt="cif").get_reduced_structure()
+    with warnings.catch_warnings():
+        # pymatgen reports every coordinate it snaps to a special position; it is not an error.
+        warnings.filterwarnings("ignore", "Issues encountered while parsing CIF")
+        structure = Structure.from_str(cif, fmt="cif").get_reduced_structure()
     lattice = Lattice.from_parameters(*structure.lattice.parameters)
     frac = np.mod(structure.frac_coords, 1.0)
     return lattice.matrix, frac, np.array(structure.atomic_numbers, dtype=np.int64)

@@ -79,7 +79,8 @@ class Schedule(nn.Module):
         lam = torch.ones(len(sigma), dtype=torch.float64)
         for chunk in torch.arange(1, len(sigma)).split(50):
             s = sigma[chunk, None]
-            x = torch.remainder(s * torch.randn(len(chunk), config.lambda_draws, generator=generator, dtype=torch.float64), 1.0)
+            draws = torch.randn(len(chunk), config.lambda_draws, generator=generator, dtype=torch.float64)
+            x = torch.remainder(s * draws, 1.0)
             lam[chunk] = (wrapped_normal_score(x, s, config.wrap_terms) ** 2).mean(-1)
         return lam
 

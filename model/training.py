@@ -71,7 +71,8 @@ def same_run(a: dict, b: dict) -> bool:
 
 
 def mean_losses(terms: list[LossTerms]) -> dict[str, float]:
-    return {k: float(torch.stack([getattr(x, k).detach() for x in terms]).mean()) for k in ("total", "lattice", "coords", "species")}
+    keys = ("total", "lattice", "coords", "species")
+    return {k: float(torch.stack([getattr(x, k).detach() for x in terms]).mean()) for k in keys}
 
 
 def evaluate_loss(net, data: CrystalSet, schedule: Schedule, batch_size: int, by_atom_count: bool, device) -> dict:

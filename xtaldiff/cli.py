@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -20,13 +20,13 @@ app = typer.Typer(
 )
 
 
-class Dataset(str, Enum):
+class Dataset(StrEnum):
     perov_5 = "perov_5"
     carbon_24 = "carbon_24"
     mp_20 = "mp_20"
 
 
-class Conditioning(str, Enum):
+class Conditioning(StrEnum):
     cdi = "cdi"
     cds = "cds"
 
@@ -51,13 +51,33 @@ def user_errors():
         raise fail("interrupted") from None
 
 
+def main() -> None:
+    """Console entry point: a usage error prints one line, not a box."""
+    if len(sys.argv) == 1:
+        sys.argv.append("--help")
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # typer's click: bad option values, unknown commands
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        typer.echo(f"error: {' '.join(message.split())}", err=True)
+        code = getattr(exc, "exit_code", 2)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 @app.command()
 def train(
     dataset: Annotated[Dataset, typer.Option(help="Benchmark set to train on.")],
-    cond: Annotated[Conditioning, typer.Option(help="CDI: condition at the initial embedding; CDS: in every block.")] = Conditioning.cdi,
+    cond: Annotated[
+        Conditioning, typer.Option(help="CDI: condition at the initial embedding; CDS: in every block.")
+    ] = Conditioning.cdi,
     epochs: Annotated[int, typer.Option(min=1)] = 100,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
-    out: Annotated[Path | None, typer.Option(help="Checkpoint path [default: checkpoints/<dataset>_<cond>.safetensors].")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Checkpoint path [default: checkpoints/<dataset>_<cond>.safetensors].")
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from <out>.state.pt.")] = False,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that crosses this wall time.")] = None,
     lr: Annotated[float, typer.Option(min=0)] = 1e-3,
@@ -244,3 +264,9 @@ def worker(
                              loglevel=log_level)
     os.environ.update(settings.environ())
     os.execv(command[0], command)
+
+
+from xtaldiff.cli_oracle import evaluate, predict  # noqa: E402  (registered after the app exists)
+
+app.command("predict")(predict)
+app.command("evaluate")(evaluate)

@@ -1,0 +1,62 @@
+"""The `xtaldiff` command: a design run end to end, and one clear line for every bad argument."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from pymatgen.core import Structure
+from typer.testing import CliRunner
+
+from xtaldiff.cli import app
+
+runner = CliRunner()
+
+
+def test_design_writes_cifs_and_summary(tiny_checkpoint, tmp_path):
+    out = tmp_path / "designs"
+    result = runner.invoke(app, ["design", "--checkpoint", str(tiny_checkpoint), "--target", "-0.2", "-n", "3",
+                                 "--elements", "Sr,Ti,O", "--steps", "10", "--seed", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 3 and summary["steps"] == 10 and summary["target"] == -0.2
+    assert len(summary["structures"]) == 3
+    for row in summary["structures"]:
+        structure = Structure.from_file(out / row["file"])
+        assert {el.symbol for el in structure.species} <= {"Sr", "Ti", "O"}
+        assert len(structure) == row["num_atoms"] == 5
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target", "nan"], "--target must be a finite number"),
+        (["--target", "0.1", "-n", "0"], "-n must be at least 1"),
+        (["--target", "0.1", "--elements", "Li,Qq"], "'Qq' is not an element symbol"),
+        (["--target", "0.1", "--elements", "Pu,Am"], "none of Pu, Am is among"),
+        (["--target", "0.1", "--steps", "100000"], "steps must be between"),
+    ],
+)
+def test_bad_design_arguments_exit_with_one_line(tiny_checkpoint, tmp_path, args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "xtaldiff", "design", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path),
+         *args],
+        capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_missing_checkpoint_and_unknown_dataset_are_one_line_errors(tmp_path):
+    missing = subprocess.run(
+        [sys.executable, "-m", "xtaldiff", "design", "--checkpoint", str(tmp_path / "none.safetensors"),
+         "--target", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert missing.returncode != 0 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    unknown = subprocess.run([sys.executable, "-m", "xtaldiff", "train", "--dataset", "perov_6"],
+                             capture_output=True, text=True)
+    assert unknown.returncode != 0 and "perov_6" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr

@@ -1,0 +1,3 @@
+from xtaldiff.cli import main
+
+main()
