@@ -1,0 +1,281 @@
+"""The paper's metrics: validity, uniqueness, novelty, success rates and conditioning error.
+
+Validity follows CDVAE's ``compute_metrics.py``: a structure is structurally valid when no two
+atoms are closer than 0.5 A (periodic) and the cell is at least 0.1 A^3; compositionally valid
+when SMACT finds a charge-neutral assignment of oxidation states that passes the Pauling
+electronegativity test (single elements and all-metal alloys count as valid).
+
+Success rates (Table 1) count the fraction of *all* generated structures whose predicted property
+is at or below a percentile of the training distribution; a structure that is invalid or has no
+prediction counts as a failure. CDVAE's own protocol (best of groups of 10) is kept beside it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pymatgen.core import Element, Structure
+
+MIN_DISTANCE = 0.5  # A
+MIN_VOLUME = 0.1  # A^3
+PERCENTILES = (5, 10, 15)
+# CDVAE's hard-coded success thresholds (its 5th/10th/15th training percentiles), lower is better.
+CDVAE_THRESHOLDS = {
+    "perov_5": (0.4392, 0.6120, 0.7365),
+    "carbon_24": (-154.527, -154.459, -154.442),
+    "mp_20": (-3.1756, -2.8220, -2.5281),
+}
+GROUP_SIZE = 10  # CDVAE: 100 starts x 10 candidates, the best of each start counts
+
+
+@dataclass(frozen=True)
+class Validity:
+    """CDVAE's two validity tests for one structure; ``reason`` says why it failed, if it did."""
+
+    structural: bool
+    compositional: bool
+    reason: str | None
+
+    @property
+    def valid(self) -> bool:
+        return self.structural and self.compositional
+
+
+def structural_problem(structure: Structure) -> str | None:
+    """Why the structure is structurally invalid (CDVAE's cut-offs), or None when it is valid.
+
+    Distances are between distinct sites (minimum image), as CDVAE measured them.
+    """
+    lattice, coords = structure.lattice.matrix, structure.frac_coords
+    if not (np.isfinite(lattice).all() and np.isfinite(coords).all()):
+        return "non-finite lattice or coordinates"
+    if structure.volume < MIN_VOLUME:
+        return f"cell volume {structure.volume:.3g} A^3 (< {MIN_VOLUME} A^3)"
+    if len(structure) > 1:
+        distances = structure.distance_matrix
+        np.fill_diagonal(distances, np.inf)
+        shortest = distances.min()
+        if shortest < MIN_DISTANCE:
+            i, j = np.unravel_index(distances.argmin(), distances.shape)
+            return f"sites {i} and {j} are {shortest:.3f} A apart (< {MIN_DISTANCE} A)"
+    return None
+
+
+def compositional_problem(structure: Structure) -> str | None:
+    """Why the composition fails SMACT's screening as CDVAE ran it, or None when it passes.
+
+    CDVAE used SMACT 2's default oxidation states, which SMACT 4 names ``oxidation_states_smact14``.
+    """
+    import smact
+    from smact.screening import pauling_test
+
+    counts = structure.composition.get_el_amt_dict()
+    symbols = sorted(counts, key=lambda symbol: Element(symbol).Z)
+    if len(symbols) == 1:
+        return None
+    if all(symbol in smact.metals for symbol in symbols):
+        return None
+    amounts = np.array([round(counts[symbol]) for symbol in symbols])
+    stoichiometry = [(int(amount),) for amount in amounts // np.gcd.reduce(amounts)]
+    try:
+        elements = smact.element_dictionary(symbols)
+    except KeyError as error:
+        return f"no SMACT data ({error.args[0]})"
+    electronegativities = [elements[symbol].pauling_eneg for symbol in symbols]
+    oxidation_choices = [elements[symbol].oxidation_states_smact14 or [] for symbol in symbols]
+    for oxidation_states in itertools.product(*oxidation_choices):
+        if not smact.neutral_ratios(oxidation_states, stoichs=stoichiometry):
+            continue
+        try:
+            if pauling_test(oxidation_states, electronegativities):
+                return None
+        except TypeError:  # an element without electronegativity: CDVAE let it pass
+            return None
+    formula = structure.composition.reduced_formula
+    return f"{formula}: no charge-neutral oxidation states that pass the Pauling test (SMACT)"
+
+
+def validity(structure: Structure) -> Validity:
+    """Both validity tests; the reason names the structural problem first."""
+    structural = structural_problem(structure)
+    compositional = compositional_problem(structure)
+    reasons = [reason for reason in (structural, compositional) if reason is not None]
+    return Validity(structural is None, compositional is None, "; ".join(reasons) or None)
+
+
+def success_rates(values: Sequence[float | None], thresholds: Sequence[float]) -> list[float]:
+    """Fraction of all structures whose value is at or below each threshold (None fails)."""
+    if not values:
+        return [0.0 for _ in thresholds]
+    predicted = np.array([np.inf if value is None else value for value in values])
+    return [float((predicted <= threshold).mean()) for threshold in thresholds]
+
+
+def grouped_success_rates(
+    values: Sequence[float | None], thresholds: Sequence[float], group_size: int = GROUP_SIZE
+) -> list[float]:
+    """CDVAE's optimisation protocol: the best value of each group of ``group_size`` counts.
+
+    CDVAE reshaped its (steps x starts) list so that structure i belongs to group
+    i mod (number of groups); the same assignment is used here. None counts as +inf.
+    """
+    num_groups = len(values) // group_size
+    if num_groups == 0:
+        raise ValueError(f"grouped success rates need at least {group_size} structures")
+    predicted = np.array([np.inf if value is None else value for value in values])
+    best = predicted[: num_groups * group_size].reshape(group_size, num_groups).min(axis=0)
+    return [float((best <= threshold).mean()) for threshold in thresholds]
+
+
+def training_thresholds(training_values: Sequence[float]) -> list[float]:
+    """The 5th, 10th and 15th percentiles of the training property values."""
+    return [float(np.percentile(training_values, p)) for p in PERCENTILES]
+
+
+@dataclass(frozen=True)
+class ConditioningError:
+    """Mean |target - predicted| over structures with a prediction; ``failed`` had none."""
+
+    mean_absolute_error: float | None
+    predicted: int
+    failed: int
+
+
+def conditioning_error(
+    targets: Sequence[float], values: Sequence[float | None]
+) -> ConditioningError:
+    """How far the predicted property lands from the target it was generated for."""
+    if len(targets) != len(values):
+        raise ValueError(f"{len(targets)} targets but {len(values)} values")
+    errors = [abs(t - v) for t, v in zip(targets, values, strict=True) if v is not None]
+    mean = float(np.mean(errors)) if errors else None
+    return ConditioningError(mean, len(errors), len(values) - len(errors))
+
+
+# --- Uniqueness and novelty ------------------------------------------------------------------
+# StructureMatcher with its defaults (ltol 0.2, stol 0.3, angle_tol 5, primitive cell, scaled
+# volumes). Two structures can only match with equal reduced formula and equal number of sites
+# in StructureMatcher's primitive cell, so structures are grouped by that key and each cell is
+# reduced once. One composition can hold thousands of structures (carbon_24 is all carbon), and a
+# fit costs ~10-30 ms, so within a group only the MAX_CANDIDATES structures nearest by a
+# scale-free distance histogram are fitted; smaller groups are compared exhaustively (exact).
+MAX_CANDIDATES = 10
+HISTOGRAM_RANGE = 2.5  # in units of (volume per atom)^(1/3)
+HISTOGRAM_BINS = 25
+HISTOGRAM_WIDTH = 0.05  # Gaussian smearing, same unit
+
+
+@dataclass
+class _Reduced:
+    """A structure in StructureMatcher's reduced cell, with its group key and histogram."""
+
+    cell: Structure
+    key: tuple[str, int]
+    histogram: np.ndarray  # (HISTOGRAM_BINS,)
+
+
+def _reduce(structure: Structure) -> _Reduced:
+    try:
+        cell = structure.get_reduced_structure("niggli").get_primitive_structure()
+    except Exception:  # pymatgen's reductions can fail on degenerate cells; match as given
+        cell = structure.copy()
+    unit = (cell.volume / len(cell)) ** (1 / 3)
+    neighbours = cell.get_all_neighbors(HISTOGRAM_RANGE * unit)
+    distances = np.array([n.nn_distance / unit for site in neighbours for n in site])
+    centres = (np.arange(HISTOGRAM_BINS) + 0.5) * HISTOGRAM_RANGE / HISTOGRAM_BINS
+    smeared = np.exp(-(((distances[:, None] - centres[None, :]) / HISTOGRAM_WIDTH) ** 2) / 2)
+    histogram = smeared.sum(axis=0) / len(cell)
+    return _Reduced(cell, (cell.composition.reduced_formula, len(cell)), histogram)
+
+
+class MatchIndex:
+    """Structures grouped for StructureMatcher; answers "does this match any member?"."""
+
+    def __init__(self, max_candidates: int = MAX_CANDIDATES) -> None:
+        from pymatgen.analysis.structure_matcher import StructureMatcher
+
+        self.matcher = StructureMatcher()
+        self.max_candidates = max_candidates
+        self.groups: dict[tuple[str, int], list[tuple[int, _Reduced]]] = defaultdict(list)
+        self.capped_queries = 0  # queries that saw only part of their group
+
+    def add(self, label: int, reduced: _Reduced) -> None:
+        self.groups[reduced.key].append((label, reduced))
+
+    def find(self, reduced: _Reduced) -> int | None:
+        """The label of a matching member, or None."""
+        members = self.groups.get(reduced.key, [])
+        if len(members) > self.max_candidates:
+            self.capped_queries += 1
+            gaps = [np.abs(member.histogram - reduced.histogram).sum() for _, member in members]
+            members = [members[i] for i in np.argsort(gaps)[: self.max_candidates]]
+        for label, member in members:
+            if self.matcher.fit(reduced.cell, member.cell, skip_structure_reduction=True):
+                return label
+        return None
+
+
+@dataclass(frozen=True)
+class Uniqueness:
+    """``first_match[i]``: index of the first structure that structure i matches (itself if new)."""
+
+    first_match: list[int]
+    capped_queries: int
+
+    @property
+    def unique(self) -> int:
+        return len(set(self.first_match))
+
+    @property
+    def fraction(self) -> float:
+        return self.unique / len(self.first_match) if self.first_match else 0.0
+
+
+def uniqueness(structures: Sequence[Structure], max_candidates: int = MAX_CANDIDATES) -> Uniqueness:
+    """Which structures of the set duplicate an earlier one (StructureMatcher)."""
+    index = MatchIndex(max_candidates)
+    first_match = []
+    for i, structure in enumerate(structures):
+        reduced = _reduce(structure)
+        match = index.find(reduced)
+        if match is None:
+            index.add(i, reduced)
+            first_match.append(i)
+        else:
+            first_match.append(match)
+    return Uniqueness(first_match, index.capped_queries)
+
+
+@dataclass(frozen=True)
+class Novelty:
+    """``novel[i]``: structure i matches no training structure."""
+
+    novel: list[bool]
+    capped_queries: int
+
+    @property
+    def fraction(self) -> float:
+        return sum(self.novel) / len(self.novel) if self.novel else 0.0
+
+
+def novelty(
+    structures: Sequence[Structure],
+    training: Sequence[Structure],
+    max_candidates: int = MAX_CANDIDATES,
+) -> Novelty:
+    """Which structures match no training structure of the same reduced composition.
+
+    Only the training structures whose reduced formula occurs among ``structures`` are reduced.
+    """
+    queries = [_reduce(structure) for structure in structures]
+    formulas = {query.key[0] for query in queries}
+    index = MatchIndex(max_candidates)
+    for label, structure in enumerate(training):
+        if structure.composition.reduced_formula in formulas:
+            index.add(label, _reduce(structure))
+    novel = [index.find(query) is None for query in queries]
+    return Novelty(novel, index.capped_queries)
