@@ -270,3 +270,14 @@ from xtaldiff.cli_oracle import evaluate, predict  # noqa: E402  (registered aft
 
 app.command("predict")(predict)
 app.command("evaluate")(evaluate)
+
+
+@app.command()
+def migrate(
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Upgrade the database schema and register the bundled checkpoints (checkpoints/)."""
+    from xtaldiff.serve import prepare_database
+
+    prepare_database(_service_settings(database_url, None, data_dir))

@@ -102,13 +102,13 @@ class WorkerSupervisor:
         self._thread.join(timeout=5)
 
 
-def prepare_embedded(settings: Settings) -> None:
-    """Migrate the schema and register the committed checkpoints."""
+def prepare_database(settings: Settings) -> None:
+    """Migrate the schema and register the bundled checkpoints."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
     db.upgrade(url)
     sessions = db.session_factory(url)
-    for path in settings.embedded_checkpoints:
+    for path in settings.bundled_checkpoints:
         if not path.is_file():
             log.warning("no checkpoint at %s: upload one through /admin/checkpoints", path)
             continue
@@ -126,7 +126,7 @@ def serve(settings: Settings, *, embedded_worker: bool, migrate: bool, workers: 
         db.upgrade(settings.resolved_database_url)
     supervisor = None
     if embedded_worker:
-        prepare_embedded(settings)
+        prepare_database(settings)
         supervisor = WorkerSupervisor(settings, loglevel=log_level)
         supervisor.start()
     try:

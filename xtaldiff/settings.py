@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +47,10 @@ class Settings(BaseSettings):
         None, description="Where workers cache checkpoint files by sha256; default "
         "data_dir/checkpoints."
     )
-    embedded_checkpoints: list[Path] = Field(
+    bundled_checkpoints: list[Path] = Field(
         default_factory=lambda: [REPO_ROOT / "checkpoints" / "perov_5_cdi.safetensors"],
-        description="Checkpoints `xtaldiff serve` registers and activates at start.",
+        description="Checkpoints registered (trusted, no validation) and activated by "
+        "`xtaldiff serve` in embedded mode and by `xtaldiff migrate`.",
     )
 
     admin_token: SecretStr | None = Field(
@@ -105,6 +106,12 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        # Compose passes unset variables as empty strings: that means "no admin API".
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

@@ -95,7 +95,7 @@ def make_settings(tmp_path: Path, database_url: str, *, broker_url: str = REDIS_
     return Settings(
         data_dir=tmp_path / "data", database_url=database_url, broker_url=broker_url,
         broker_transport_options={**options, **overrides.pop("transport", {})},
-        admin_token=ADMIN_TOKEN, embedded_checkpoints=[], oracle=False, **FAST_TIMINGS,
+        admin_token=ADMIN_TOKEN, bundled_checkpoints=[], oracle=False, **FAST_TIMINGS,
         **overrides,
     )
 

@@ -19,7 +19,7 @@ from xtaldiff.settings import REPO_ROOT
 
 def test_embedded_serve_designs_perovskites_end_to_end(tmp_path, tiny_checkpoint):
     port = free_port()
-    env = {**os.environ, "XTALDIFF_EMBEDDED_CHECKPOINTS": json.dumps([str(tiny_checkpoint)]),
+    env = {**os.environ, "XTALDIFF_BUNDLED_CHECKPOINTS": json.dumps([str(tiny_checkpoint)]),
            "XTALDIFF_ORACLE": "false",
            **{f"XTALDIFF_{k.upper()}": str(v) for k, v in FAST_TIMINGS.items()}}
     for name in ("XTALDIFF_DATABASE_URL", "XTALDIFF_BROKER_URL"):
