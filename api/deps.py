@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 from xtaldiff.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+# Dependencies that do no I/O are async: FastAPI would run plain functions in its threadpool.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -23,7 +24,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
@@ -40,7 +41,9 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def get_owner(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> str | None:
+async def get_owner(
+    request: Request, settings: Annotated[Settings, Depends(get_settings)]
+) -> str | None:
     """The caller's key (hashed) when API keys are on, else None (every job is visible)."""
     if not settings.api_keys:
         return None
@@ -59,7 +62,9 @@ def get_owner(request: Request, settings: Annotated[Settings, Depends(get_settin
     return digest.hex()
 
 
-def require_admin(request: Request, settings: Annotated[Settings, Depends(get_settings)]) -> None:
+async def require_admin(
+    request: Request, settings: Annotated[Settings, Depends(get_settings)]
+) -> None:
     if settings.admin_token is None:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,

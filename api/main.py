@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from api import errors
+from api.cache import FinishedJobCache
 from api.limits import BodySizeLimit
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import admin, design, jobs, models, ops
@@ -25,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                          settings.db_connect_timeout_s)
     app.state.celery = create_celery(settings)
     app.state.metrics = Metrics(app.state.sessions)
+    app.state.finished_jobs = FinishedJobCache(capacity=256)
     errors.install(app)
     for module in (design, jobs, models, admin, ops):
         app.include_router(module.router)

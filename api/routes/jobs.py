@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from api.bundle import build_bundle, cif_name
+from api.cache import CachedJob
 from api.deps import OwnerDep, SessionDep
 from api.errors import Conflict, NotFound
 from api.schemas import JobOut, Link, Problem, StructureDetail, StructurePage
@@ -27,10 +29,23 @@ def _job(session: Session, job_id: str, owner: str | None) -> Job:
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND, summary="A job")
-def get_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobOut:
+async def get_job(job_id: str, request: Request, owner: OwnerDep) -> Response:
     """Status, progress, timings, request, model, summary and the structures with links."""
-    job = _job(session, job_id, owner)
-    return job_out(job, queries.list_structures(session, job_id=job.id))
+    cache = request.app.state.finished_jobs
+    cached = cache.get(job_id)
+    if cached is None or (owner is not None and cached.owner != owner):
+        cached = await run_in_threadpool(_render_job, request, job_id, owner)
+    return Response(cached.body, media_type="application/json")
+
+
+def _render_job(request: Request, job_id: str, owner: str | None) -> CachedJob:
+    with request.app.state.sessions() as session:
+        job = _job(session, job_id, owner)
+        body = job_out(job, queries.list_structures(session, job_id=job.id)).model_dump_json()
+    rendered = CachedJob(job.owner, body.encode())
+    if JobStatus(job.status).finished:
+        request.app.state.finished_jobs.put(job.id, rendered)
+    return rendered
 
 
 @router.delete(

@@ -55,7 +55,7 @@ def test_api_keys_gate_requests_and_hide_other_keys_jobs(tmp_path, database_url,
     register_checkpoint(db.session_factory(database_url), tiny_checkpoint)
     settings = make_settings(tmp_path, database_url, prefix=redis_prefix).model_copy(
         update={"api_keys": [SecretStr("key-alice"), SecretStr("key-bob")]})
-    body = {"dataset": "perov_5", "target": 1.0}
+    body = {"dataset": "perov_5", "target": 1.0, "num_samples": 2, "steps": 2}
     with TestClient(create_app(settings)) as client:
         assert client.post("/design", json=body).status_code == 401
         assert client.post("/design", json=body,
@@ -66,6 +66,15 @@ def test_api_keys_gate_requests_and_hide_other_keys_jobs(tmp_path, database_url,
         assert alice.status_code == 200 and bob.status_code == 404
         assert client.delete(f"/jobs/{job['id']}", headers={"X-API-Key": "key-bob"}
                              ).status_code == 404
+        # Finished jobs are served from a cache; it too keeps them to their owner.
+        from worker.jobs import run_design
+
+        run_design(job["id"], settings=settings, sessions=db.session_factory(database_url))
+        for _ in range(2):
+            assert client.get(f"/jobs/{job['id']}", headers={"X-API-Key": "key-alice"}
+                              ).json()["status"] == "succeeded"
+            assert client.get(f"/jobs/{job['id']}", headers={"X-API-Key": "key-bob"}
+                              ).status_code == 404
 
 
 def _upload(client, content: bytes, name: str | None = None):
