@@ -15,7 +15,7 @@ from xtaldiff.tables import Job, Structure
 CSV_COLUMNS = (
     "index", "formula", "full_formula", "num_atoms", "space_group", "space_group_number",
     "predicted_property", "prediction_note", "valid", "valid_structure", "valid_composition",
-    "a", "b", "c", "alpha", "beta", "gamma", "volume", "cif", "cif_p1",
+    "invalid_reason", "a", "b", "c", "alpha", "beta", "gamma", "volume", "cif", "cif_p1",
 )
 
 
@@ -45,7 +45,7 @@ def _csv(structures: Sequence[Structure]) -> str:
         writer.writerow([
             s.index, brief.formula, s.formula, s.num_atoms, s.space_group_symbol,
             s.space_group_number, s.predicted_property, s.prediction_note, brief.valid,
-            s.valid_structure, s.valid_composition, s.a, s.b, s.c, s.alpha, s.beta, s.gamma,
-            s.volume, f"cif/{cif_name(s)}", f"cif_p1/{cif_name(s, p1=True)}",
+            s.valid_structure, s.valid_composition, s.invalid_reason, s.a, s.b, s.c, s.alpha,
+            s.beta, s.gamma, s.volume, f"cif/{cif_name(s)}", f"cif_p1/{cif_name(s, p1=True)}",
         ])
     return text.getvalue()

@@ -87,7 +87,8 @@ class Timings(BaseModel):
     wall_s: float | None = Field(description="Seconds between acceptance and the end.")
     worker: dict[str, float] = Field(
         description="Seconds the worker spent per phase: load, sample, analyse (symmetry, "
-        "CIFs), oracle, and total (all of them, up to writing the results).",
+        "CIFs), evaluate (validity, oracle), and total (all of them, up to writing the "
+        "results).",
     )
 
 
@@ -133,8 +134,12 @@ class StructureDetail(StructureBrief):
         description="a, b, c in Angstrom; alpha, beta, gamma in degrees; volume in A^3."
     )
     space_group_number: int = Field(description="International space group number.")
-    valid_structure: bool | None = Field(description="No atoms closer than 0.5 A, etc.")
-    valid_composition: bool | None = Field(description="Charge-balanced composition (SMACT).")
+    valid_structure: bool | None = Field(
+        description="CDVAE's structural test: no atoms closer than 0.5 A, volume >= 0.1 A^3.")
+    valid_composition: bool | None = Field(
+        description="CDVAE's compositional test: charge-neutral oxidation states that pass "
+        "the Pauling test (SMACT).")
+    invalid_reason: str | None = Field(description="Why a validity test failed, if one did.")
     prediction_note: str | None = Field(description="Why no prediction was made, if none was.")
     cif: str = Field(description="Symmetrised CIF (space group found with symprec 0.1).")
     cif_p1: str = Field(description="The raw cell in P1, as the model produced it.")

@@ -58,6 +58,7 @@ def structure_detail(structure: Structure) -> StructureDetail:
         space_group_number=structure.space_group_number,
         valid_structure=structure.valid_structure,
         valid_composition=structure.valid_composition,
+        invalid_reason=structure.invalid_reason,
         prediction_note=structure.prediction_note,
         cif=structure.cif, cif_p1=structure.cif_p1,
     )

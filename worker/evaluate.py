@@ -1,4 +1,4 @@
-"""The oracle's prediction and the validity checks, added to each structure's record."""
+"""Validity checks and the oracle's prediction, added to each structure's record."""
 
 from __future__ import annotations
 
@@ -7,8 +7,24 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def evaluate(structures, rows: list[dict], *, dataset: str, oracle_workers: int = 1) -> None:
-    """Fill ``predicted_property``/``prediction_note`` of ``rows`` (one per structure)."""
+def evaluate(structures, rows: list[dict], *, dataset: str, oracle: bool,
+             oracle_workers: int = 1) -> None:
+    """Fill the validity and prediction columns of ``rows`` (one per structure)."""
+    from model.metrics import validity
+
+    for row, structure in zip(rows, structures, strict=True):
+        checked = validity(structure)
+        row["valid_structure"] = checked.structural
+        row["valid_composition"] = checked.compositional
+        row["invalid_reason"] = checked.reason
+    if oracle:
+        predict(structures, rows, dataset=dataset, oracle_workers=oracle_workers)
+    else:
+        for row in rows:
+            row["prediction_note"] = "the oracle is off on this server (XTALDIFF_ORACLE)"
+
+
+def predict(structures, rows: list[dict], *, dataset: str, oracle_workers: int) -> None:
     from model.oracle import Oracle, OracleUnavailable
 
     try:

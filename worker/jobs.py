@@ -137,10 +137,9 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
                 )
             with _timed(timings, "analyse"):
                 rows = [structure_record(s) for s in structures]
-            if settings.oracle:
-                with _timed(timings, "oracle"):
-                    evaluate(structures, rows, dataset=job.dataset,
-                             oracle_workers=settings.oracle_workers)
+            with _timed(timings, "evaluate"):
+                evaluate(structures, rows, dataset=job.dataset, oracle=settings.oracle,
+                         oracle_workers=settings.oracle_workers)
         except JobCancelled:
             return _end(sessions, job_id, attempt, JobStatus.cancelled, None, timings, started)
         except JobLost:

@@ -38,4 +38,5 @@ def structure_record(structure) -> dict:
         "prediction_note": None,
         "valid_structure": None,
         "valid_composition": None,
+        "invalid_reason": None,
     }

@@ -163,6 +163,7 @@ class Structure(Base):
     prediction_note: Mapped[str | None] = mapped_column(Text)
     valid_structure: Mapped[bool | None] = mapped_column(Boolean)
     valid_composition: Mapped[bool | None] = mapped_column(Boolean)
+    invalid_reason: Mapped[str | None] = mapped_column(Text)
 
     job: Mapped[Job] = relationship(back_populates="structures")
 

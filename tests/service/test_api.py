@@ -53,6 +53,10 @@ def test_finished_job_lists_structures_summary_and_timings(client, checkpoint, s
     assert set(job["timings"]["worker"]) >= {"load", "sample", "analyse", "total"}
     assert job["timings"]["wall_s"] >= job["timings"]["worker"]["sample"]
     assert all(s["num_atoms"] == 5 for s in job["structures"])  # perov_5 cells
+    assert job["summary"]["num_checked"] == 4  # validity is always checked
+    detail = client.get(f"/jobs/{job_id}/structures/0").json()
+    assert detail["valid"] == (detail["invalid_reason"] is None)
+    assert "oracle is off" in detail["prediction_note"]
 
 
 def test_structures_paginate_and_serve_json_and_both_cifs(client, checkpoint, settings,

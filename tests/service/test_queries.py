@@ -18,7 +18,8 @@ from xtaldiff.tables import Checkpoint, Job, Structure, utcnow
 ROW = dict(formula="Ba1 Ti1 O3", reduced_formula="BaTiO3", num_atoms=5, a=4.0, b=4.0, c=4.0,
            alpha=90.0, beta=90.0, gamma=90.0, volume=64.0, space_group_symbol="Pm-3m",
            space_group_number=221, cif="data_x", cif_p1="data_x", predicted_property=None,
-           prediction_note=None, valid_structure=None, valid_composition=None)
+           prediction_note=None, valid_structure=None, valid_composition=None,
+           invalid_reason=None)
 
 
 @pytest.fixture

@@ -1,0 +1,57 @@
+"""The worker's evaluation step: validity from model.metrics, predictions from the oracle."""
+
+from __future__ import annotations
+
+from pymatgen.core import Lattice, Structure
+
+from worker.evaluate import evaluate
+from worker.records import structure_record
+
+
+def perovskite() -> Structure:
+    return Structure.from_spacegroup("Pm-3m", Lattice.cubic(4.0), ["Sr", "Ti", "O"],
+                                     [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]])
+
+
+def squashed() -> Structure:
+    return Structure(Lattice.cubic(4.0), ["Na", "Na"], [[0, 0, 0], [0.01, 0, 0]])
+
+
+def test_records_hold_symmetrised_and_p1_cifs():
+    row = structure_record(perovskite())
+    assert (row["space_group_symbol"], row["space_group_number"]) == ("Pm-3m", 221)
+    assert row["reduced_formula"] == "SrTiO3" and row["num_atoms"] == 5
+    assert "_symmetry_space_group_name_H-M   Pm-3m" in row["cif"]
+    assert "_symmetry_space_group_name_H-M   'P 1'" in row["cif_p1"]
+
+
+def test_validity_and_predictions_land_in_the_right_rows(monkeypatch):
+    from model import oracle as oracle_module
+
+    class FakeOracle:
+        def predict(self, structures, workers):
+            return [oracle_module.Prediction(-1.5, None),
+                    oracle_module.Prediction(None, "CrystalNN failed")][: len(structures)]
+
+    monkeypatch.setattr(oracle_module.Oracle, "for_dataset", classmethod(
+        lambda cls, dataset: FakeOracle()))
+    structures = [perovskite(), squashed()]
+    rows = [structure_record(s) for s in structures]
+    evaluate(structures, rows, dataset="perov_5", oracle=True)
+    good, bad = rows
+    assert (good["valid_structure"], good["valid_composition"]) == (True, True)
+    assert good["predicted_property"] == -1.5 and good["prediction_note"] is None
+    assert bad["valid_structure"] is False and "apart" in bad["invalid_reason"]
+    assert bad["predicted_property"] is None and bad["prediction_note"] == "CrystalNN failed"
+
+
+def test_oracle_unavailable_leaves_a_note(monkeypatch):
+    from model import oracle as oracle_module
+
+    def unavailable(cls, dataset):
+        raise oracle_module.OracleUnavailable("weights not installed")
+
+    monkeypatch.setattr(oracle_module.Oracle, "for_dataset", classmethod(unavailable))
+    rows = [structure_record(perovskite())]
+    evaluate([perovskite()], rows, dataset="perov_5", oracle=True)
+    assert rows[0]["prediction_note"] == "oracle unavailable: weights not installed"
