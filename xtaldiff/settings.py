@@ -23,8 +23,7 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = Field(
         "development",
-        description="production refuses unsafe settings (short admin token, no API keys "
-        "with a public bind).",
+        description="production refuses unsafe settings: a short admin token, SQLite.",
     )
     data_dir: Path = Field(
         Path.home() / ".xtaldiff",

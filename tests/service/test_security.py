@@ -188,3 +188,17 @@ def test_activate_switches_the_dataset_model_and_retire_stops_it(
     response = client.post("/design", json={"dataset": "perov_5", "target": 1.0})
     assert response.status_code == 422 and "no model serves dataset perov_5" in response.text
     assert client.post("/admin/checkpoints/nope/retire", headers=ADMIN).status_code == 404
+
+
+def test_production_refuses_unsafe_settings():
+    from pydantic import ValidationError
+
+    from xtaldiff.settings import Settings
+
+    postgres = "postgresql+psycopg://xtaldiff@db/xtaldiff"
+    with pytest.raises(ValidationError, match="at least 24 characters"):
+        Settings(environment="production", database_url=postgres, admin_token="secret")
+    with pytest.raises(ValidationError, match="not SQLite"):
+        Settings(environment="production")
+    assert Settings(environment="production", database_url=postgres, admin_token="").admin_token \
+        is None
