@@ -145,9 +145,7 @@ class ConditioningError:
     failed: int
 
 
-def conditioning_error(
-    targets: Sequence[float], values: Sequence[float | None]
-) -> ConditioningError:
+def conditioning_error(targets: Sequence[float], values: Sequence[float | None]) -> ConditioningError:
     """How far the predicted property lands from the target it was generated for."""
     if len(targets) != len(values):
         raise ValueError(f"{len(targets)} targets but {len(values)} values")

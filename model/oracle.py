@@ -132,7 +132,7 @@ class UnmaskedEnvelope(torch.nn.Module):
 
 
 @functools.cache
-def _untrained_network() -> torch.nn.Module:
+def untrained_network() -> torch.nn.Module:
     """CDVAE's DimeNet++ with untrained weights; built once per process (sympy takes seconds)."""
     from torch_geometric.nn.models import DimeNetPlusPlus
 
@@ -227,7 +227,7 @@ def _oracle_for(dataset: str) -> Oracle:
         scaler = load_pickle(directory / "prop_scaler.pt")
     except Exception as error:
         raise OracleUnavailable(f"cannot read the predictor in {directory}: {error}") from error
-    network = copy.deepcopy(_untrained_network())
+    network = copy.deepcopy(untrained_network())
     encoder_prefix = "encoder."
     state = {
         key.removeprefix(encoder_prefix): value
@@ -312,9 +312,7 @@ def periodic_forward(network: torch.nn.Module, batch: GraphBatch) -> Tensor:
     sbf = network.sbf(distance, angle, idx_kj)  # (T, num_spherical * num_radial)
     x = network.emb(batch.atomic_numbers, rbf, target, source)  # (E, hidden)
     per_atom = network.output_blocks[0](x, rbf, target, num_nodes=num_atoms)  # (N, 1)
-    for interaction, output in zip(
-        network.interaction_blocks, network.output_blocks[1:], strict=True
-    ):
+    for interaction, output in zip(network.interaction_blocks, network.output_blocks[1:], strict=True):
         x = interaction(x, rbf, sbf, idx_kj, idx_ji)
         per_atom = per_atom + output(x, rbf, target, num_nodes=num_atoms)
 

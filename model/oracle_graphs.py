@@ -24,11 +24,12 @@ from multiprocessing.connection import Connection, wait
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
-# Guard thresholds. The training sets span 5.5-80 A^3 per atom, at most 16 CrystalNN bonds per
-# atom and 1.3 A shortest distance; the bounds are far outside that, so they only catch
-# structures on which CrystalNN (and the predictor) would be meaningless or pathologically slow.
+# Guard thresholds. The training sets span 5.4-202 A^3 per atom and at most 16 CrystalNN bonds
+# per atom; the bounds are far outside that, so they only catch structures on which CrystalNN is
+# pathologically slow or the predictor extrapolates wildly (a 2 A^3/atom cell of an untrained
+# model's was "predicted" at -12,586 eV, which would count as a success).
 MIN_DISTANCE = 0.5  # A, shortest periodic distance, own images included (CDVAE's validity cut)
-MIN_VOLUME_PER_ATOM = 1.0  # A^3
+MIN_VOLUME_PER_ATOM = 2.5  # A^3, under half the densest training structure (diamond, 5.4)
 MAX_VOLUME_PER_ATOM = 1000.0  # A^3
 MAX_SITES = 200
 MAX_NEIGHBOURS = 48  # CrystalNN bonds of one atom
@@ -73,17 +74,12 @@ def screen(structure: Structure) -> str | None:
     numbers = [getattr(site.specie, "Z", 0) for site in structure]
     if min(numbers) < 1 or max(numbers) > MAX_ATOMIC_NUMBER:
         return f"unsupported species (atomic numbers must be 1-{MAX_ATOMIC_NUMBER})"
-    finite = (
-        np.isfinite(structure.lattice.matrix).all() and np.isfinite(structure.frac_coords).all()
-    )
+    finite = np.isfinite(structure.lattice.matrix).all() and np.isfinite(structure.frac_coords).all()
     if not finite:
         return "non-finite lattice or coordinates"
     volume_per_atom = structure.volume / n_sites
     if not MIN_VOLUME_PER_ATOM <= volume_per_atom <= MAX_VOLUME_PER_ATOM:
-        return (
-            f"volume per atom {volume_per_atom:.3g} A^3 outside "
-            f"[{MIN_VOLUME_PER_ATOM}, {MAX_VOLUME_PER_ATOM}]"
-        )
+        return f"volume per atom {volume_per_atom:.3g} A^3 outside [{MIN_VOLUME_PER_ATOM}, {MAX_VOLUME_PER_ATOM}]"
     return None
 
 

@@ -1,0 +1,212 @@
+"""`xtaldiff predict` and `xtaldiff evaluate`: the property oracle and the paper's metrics.
+
+Plain functions with Typer annotations, registered on the app in `xtaldiff.cli`. Heavy imports
+stay inside them so that `xtaldiff --help` is instant. Errors a user can fix are one line on
+stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class OracleDataset(StrEnum):
+    perov_5 = "perov_5"
+    carbon_24 = "carbon_24"
+    mp_20 = "mp_20"
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def read_inputs(path: Path) -> list[tuple[str, object]]:
+    """(id, Structure or the reason it could not be read) for every structure in ``path``.
+
+    ``path`` is a CSV (optionally .gz) with a ``cif`` column, a CIF file, or a folder of CIFs.
+    A malformed file as a whole raises ValueError; one bad entry of many becomes its reason.
+    """
+    if not path.exists():
+        raise ValueError(f"{path} does not exist")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".cif")
+        if not files:
+            raise ValueError(f"{path} holds no .cif files")
+        return [(file.name, _parse_cif(file.read_text(errors="replace"))) for file in files]
+    name = path.name.lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return _read_csv(path)
+    if name.endswith(".cif"):
+        entries = _parse_cif_blocks(path)
+        if len(entries) == 1:
+            return [(path.name, entries[0])]
+        return [(f"{path.name}#{k}", entry) for k, entry in enumerate(entries)]
+    raise ValueError(f"{path}: expected a .cif file, a .csv/.csv.gz with a 'cif' column or a folder")
+
+
+def _read_csv(path: Path) -> list[tuple[str, object]]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    csv.field_size_limit(1 << 24)  # a CIF of a few hundred atoms exceeds csv's 128 kB default
+    try:
+        with opener(path, "rt", newline="") as handle:
+            reader = csv.DictReader(handle)
+            if "cif" not in (reader.fieldnames or []):
+                raise ValueError(f"{path} has no 'cif' column (columns: {reader.fieldnames})")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{path} is not a readable CSV ({error})") from error
+    id_column = next((c for c in ("material_id", "id") if c in (reader.fieldnames or [])), None)
+    return [(row[id_column] if id_column else str(i), _parse_cif(row["cif"])) for i, row in enumerate(rows)]
+
+
+def _parse_cif(text: str) -> object:
+    """The structure in a CIF string, or the reason it is unusable (a str)."""
+    import warnings
+
+    from pymatgen.core import Structure
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pymatgen warns on every snapped coordinate
+            return Structure.from_str(text, fmt="cif")
+    except Exception as error:  # pymatgen raises many types on malformed CIFs
+        return f"not a readable CIF ({type(error).__name__}: {error})".splitlines()[0]
+
+
+def _parse_cif_blocks(path: Path) -> list[object]:
+    import warnings
+
+    from pymatgen.io.cif import CifParser
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structures = CifParser(path).parse_structures(primitive=False)
+    except Exception as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path} is not a readable CIF ({message})") from error
+    if not structures:
+        raise ValueError(f"{path} contains no structure")
+    return structures
+
+
+def predict(
+    dataset: Annotated[OracleDataset, typer.Option(help="Which CDVAE predictor to use.")],
+    input_path: Annotated[Path, typer.Option("--input", help="CSV(.gz) with a 'cif' column, a CIF, or a folder.")],
+    out: Annotated[Path | None, typer.Option(help="Output CSV (default: stdout).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="CrystalNN worker processes.")] = 2,
+    timeout: Annotated[float, typer.Option(min=0.1, help="CrystalNN seconds per structure.")] = 60,
+) -> None:
+    """Predict the dataset's property for every structure with CDVAE's DimeNet++ oracle."""
+    from model.metrics import validity
+    from model.oracle import ORACLES, Oracle, OracleUnavailable
+
+    try:
+        entries = read_inputs(input_path)
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    structures = [entry for _, entry in entries if not isinstance(entry, str)]
+    try:
+        oracle = Oracle.for_dataset(dataset.value)
+    except OracleUnavailable as error:
+        raise _fail(str(error)) from None
+    predictions = iter(oracle.predict(structures, workers=workers, timeout_s=timeout, progress=len(structures) > 20))
+
+    spec = ORACLES[dataset.value]
+    value_column = f"predicted_{spec.property_name}_{spec.unit.replace('/', '_per_')}"
+    columns = ["id", "formula", "num_atoms", value_column, "structural_valid", "compositional_valid", "reason"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    predicted = 0
+    for identifier, entry in entries:
+        if isinstance(entry, str):
+            writer.writerow({"id": identifier, "reason": entry})
+            continue
+        prediction = next(predictions)
+        checks = validity(entry)
+        predicted += prediction.value is not None
+        reasons = [r for r in (prediction.reason, checks.reason) if r]
+        writer.writerow(
+            {
+                "id": identifier,
+                "formula": entry.composition.reduced_formula,
+                "num_atoms": len(entry),
+                value_column: "" if prediction.value is None else f"{prediction.value:.6f}",
+                "structural_valid": checks.structural,
+                "compositional_valid": checks.compositional,
+                "reason": "; ".join(reasons),
+            }
+        )
+    if out is None:
+        sys.stdout.write(buffer.getvalue())
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(buffer.getvalue())
+    typer.echo(f"predicted {predicted} of {len(entries)} structures", err=True)
+
+
+def parse_target(text: str) -> float | None:
+    """'min' -> None (the training minimum); otherwise a finite number."""
+    if text.strip().lower() == "min":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise _fail(f"--target must be 'min' or a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise _fail(f"--target must be finite, got {text!r}")
+    return value
+
+
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="A .safetensors checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.json, report.md, samples.")],
+    n: Annotated[int, typer.Option("-n", "--n", min=1, help="Samples for the success rate.")] = 1000,
+    target: Annotated[str, typer.Option(help="'min' (training minimum, the paper's protocol) or a value.")] = "min",
+    steps: Annotated[int | None, typer.Option(min=1, help="Reverse steps [default: T].")] = None,
+    guidance: Annotated[float, typer.Option(min=0, help="Classifier-free guidance scale.")] = 0.0,
+    seed: int = 0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    cond_n: Annotated[int, typer.Option(min=0, help="Samples for the conditioning error (0: skip).")] = 100,
+    workers: Annotated[int, typer.Option(min=1, help="CrystalNN worker processes.")] = 2,
+) -> None:
+    """Sample a checkpoint, score it with the oracle and write the paper's Table 1 report."""
+    target_value = parse_target(target)
+    from model.checkpoint import CheckpointError
+    from model.data import DatasetError
+    from model.oracle import OracleUnavailable
+    from model.report import EvaluationSettings, run_evaluation, write_report
+    from model.sampling import DesignError
+
+    settings = EvaluationSettings(
+        checkpoint=str(checkpoint),
+        n=n,
+        target=target_value,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        batch_size=batch_size,
+        conditioning_n=cond_n,
+        workers=workers,
+    )
+    try:
+        report, rows = run_evaluation(settings, progress=sys.stderr.isatty())
+    except (CheckpointError, DatasetError, DesignError, OracleUnavailable) as error:
+        raise _fail(str(error)) from None
+    write_report(report, rows, out)
+    headline = report["success_rates"]["all_samples_cdvae_thresholds"]
+    typer.echo(
+        f"wrote {out / 'report.md'}: SR5 {headline['SR5']:.3f}, SR10 {headline['SR10']:.3f}, "
+        f"SR15 {headline['SR15']:.3f} ({n} samples)"
+    )
