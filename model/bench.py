@@ -10,7 +10,7 @@ import time
 import torch
 
 from model.checkpoint import TrainedModel, default_device
-from model.data import CrystalSet, dataset_info, dataset_statistics, load_split
+from model.data import CrystalSet, checkpoint_metadata, dataset_statistics, load_split
 from model.diffusion import DiffusionConfig, Schedule, diffusion_loss
 from model.network import Denoiser, DenoiserConfig
 from model.sampling import design
@@ -60,6 +60,7 @@ def run_benchmarks(datasets: list[str], sample_n: int, sample_steps: int, train_
     for name in datasets:
         arrays = load_split(name, "train")
         stats = dataset_statistics(arrays, name)
+        meta = checkpoint_metadata(arrays, name)
         vocab = sorted(set(arrays.atomic_numbers.tolist()))
         data = CrystalSet(arrays, vocab, stats["mean"], stats["std"])
         config = DenoiserConfig(num_classes=len(vocab), **PAPER_SIZE)
@@ -71,8 +72,6 @@ def run_benchmarks(datasets: list[str], sample_n: int, sample_steps: int, train_
             key = "train_bucketed_by_atom_count" if by_atom_count else "train_padded_random"
             entry[key] = time_training(data, net, schedule, batch_size, train_batches, by_atom_count, device)
 
-        meta = {"dataset": name, "property": stats, "elements": stats["elements"], "num_atoms": stats["num_atoms"],
-                "sampling": {"step_lr": dataset_info(name).step_lr}}
         model = TrainedModel(net.eval(), schedule, meta, "random-weights", device)
         start = time.perf_counter()
         design(model, n=sample_n, target=stats["min"], steps=sample_steps, seed=0, batch_size=sample_n)

@@ -173,6 +173,24 @@ def dataset_statistics(train: CrystalArrays, dataset: str) -> dict:
     }
 
 
+LATTICE_BOUND_FACTOR = 2.0  # sampler clips predicted L_0 entries to this multiple of the training maximum
+
+
+def checkpoint_metadata(train: CrystalArrays, dataset: str) -> dict:
+    """The dataset-derived part of a checkpoint's header."""
+    stats = dataset_statistics(train, dataset)
+    return {
+        "dataset": dataset,
+        "property": {k: v for k, v in stats.items() if k not in ("num_atoms", "elements")},
+        "elements": stats["elements"],
+        "num_atoms": stats["num_atoms"],
+        "sampling": {
+            "step_lr": dataset_info(dataset).step_lr,
+            "lattice_bound": LATTICE_BOUND_FACTOR * float(np.abs(train.lattices).max()),
+        },
+    }
+
+
 @dataclass
 class CrystalBatch:
     """Padded tensors; `atom_mask` is False on padding."""

@@ -179,12 +179,14 @@ def reverse_diffusion(
     allowed_classes: torch.Tensor,
     steps: int,
     step_lr: float,
+    lattice_bound: float,
     generator: torch.Generator,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample M_0 = (L, F, A) from the prior by predictor-corrector steps.
 
-    atom_mask: (B, N) bool; allowed_classes: (K,) bool, the species the sampler may emit.
+    atom_mask: (B, N) bool; allowed_classes: (K,) bool, the species the sampler may emit;
+    lattice_bound: Angstrom, the largest |entry| of L_0 the sampler accepts.
     Returns lattice (B, 3, 3), frac (B, N, 3), species classes (B, N).
     """
     B, N = atom_mask.shape
@@ -219,10 +221,13 @@ def reverse_diffusion(
         noise_std = (sigma_s**2 * var_drop / sigma_t**2).sqrt()
         frac = torch.remainder(frac + var_drop * out.score_frac * sqrt_lambda + noise_std * randn(B, N, 3), 1.0)
 
-        # Ancestral DDPM step for the lattice, respaced from t to s.
+        # Ancestral DDPM step for the lattice, respaced from t to s, through the estimate of L_0
+        # (eq. 2 inverted). Near T, 1/sqrt(alpha_t) reaches 100 and would amplify any error in
+        # eps_L; clipping L_0 to a physical range (DDPM's clip_denoised) bounds it.
         ab_t, ab_s = schedule.alpha_bar[t], schedule.alpha_bar[s]
         beta_ts = 1 - ab_t / ab_s
-        mean = (L - beta_ts / (1 - ab_t).sqrt() * out.eps_lattice) / (1 - beta_ts).sqrt()
+        L0 = ((L - (1 - ab_t).sqrt() * out.eps_lattice) / ab_t.sqrt()).clamp(-lattice_bound, lattice_bound)
+        mean = (ab_s.sqrt() * beta_ts * L0 + (1 - beta_ts).sqrt() * (1 - ab_s) * L) / (1 - ab_t)
         L = mean + (beta_ts * (1 - ab_s) / (1 - ab_t)).sqrt() * randn(B, 3, 3) if s > 0 else mean
 
         # D3PM step for species, restricted to the allowed classes.

@@ -142,6 +142,7 @@ def design(
             allowed,
             steps,
             model.meta["sampling"]["step_lr"],
+            model.meta["sampling"]["lattice_bound"],
             sampler_rng,
             report,
         )

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from model.checkpoint import save_checkpoint
-from model.data import DATA_ROOT, CrystalSet, dataset_info, dataset_statistics, load_split
+from model.data import DATA_ROOT, CrystalSet, checkpoint_metadata, dataset_statistics, load_split
 from model.diffusion import DiffusionConfig, LossTerms, Schedule, diffusion_loss
 from model.network import Denoiser, DenoiserConfig
 
@@ -98,12 +98,12 @@ def train(
     """Train (or resume) and keep `out` up to date; returns the training record."""
     out = Path(out)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    info = dataset_info(config.dataset)
     torch.manual_seed(config.seed)
 
     train_arrays = load_split(config.dataset, "train", limit=config.max_train, root=data_root)
     val_arrays = load_split(config.dataset, "val", limit=config.max_val, root=data_root)
     stats = dataset_statistics(train_arrays, config.dataset)
+    dataset_meta = checkpoint_metadata(train_arrays, config.dataset)
     vocab_z = sorted(set(train_arrays.atomic_numbers.tolist()))
     train_set = CrystalSet(train_arrays, vocab_z, stats["mean"], stats["std"])
     val_set = CrystalSet(val_arrays, vocab_z, stats["mean"], stats["std"])
@@ -168,11 +168,7 @@ def train(
                         lr=f"{optimizer.param_groups[0]['lr']:.1e}", ep_s=f"{1 / (time.time() - epoch_start):.2f}")
 
         save_checkpoint(out, ema, schedule, {
-            "dataset": config.dataset,
-            "property": {k: v for k, v in stats.items() if k not in ("num_atoms", "elements")},
-            "elements": stats["elements"],
-            "num_atoms": stats["num_atoms"],
-            "sampling": {"step_lr": info.step_lr},
+            **dataset_meta,
             "training": {
                 **{k: v for k, v in record.items() if k != "history"},
                 "device": str(device), "torch": torch.__version__, "git_commit": git_commit(),

@@ -11,8 +11,8 @@ Distributed (an empty database):  .venv/bin/python scripts/bench_service.py \
     --database-url postgresql+psycopg://postgres@127.0.0.1/bench --broker-url redis://127.0.0.1/5
 
 Checkpoints: checkpoints/<dataset>_cdi.safetensors when present, else an untrained network of
-the default (paper) size with that dataset's metadata: sampling cost depends on the shapes,
-not on the weights.
+the default (paper) size with that dataset's metadata (or always, with --untrained): sampling
+cost depends on the shapes, not on the weights.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def checkpoint_for(dataset: str, directory: Path) -> Path:
+def checkpoint_for(dataset: str, directory: Path, *, untrained: bool) -> Path:
     trained = REPO / "checkpoints" / f"{dataset}_cdi.safetensors"
-    if trained.is_file():
+    if trained.is_file() and not untrained:
         return trained
     from model.checkpoint import save_checkpoint
     from model.data import checkpoint_metadata, load_split
@@ -130,7 +130,9 @@ def wrk(url: str, *, connections: int, seconds: int, script: Path | None = None)
     if script is not None:
         command[1:1] = ["-s", str(script)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    percentiles = {m[0]: _ms(m[1]) for m in re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M)}
+    percentiles = {m[0]: _ms(m[1]) for m in re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M)}
+    if set(percentiles) != {"50", "99"}:
+        raise SystemExit(f"cannot read wrk's output:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {
         "connections": connections,
@@ -157,13 +159,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10, help="Per wrk run.")
     parser.add_argument("--api-workers", type=int, default=1, help="uvicorn processes.")
     parser.add_argument("--skip-worker", action="store_true", help="API numbers only.")
+    parser.add_argument("--untrained", action="store_true",
+                        help="Use untrained paper-size networks even where checkpoints/ has one.")
     args = parser.parse_args()
     args.targets = {"perov_5": 0.5, "mp_20": -1.0, "carbon_24": -154.4}
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed for the API numbers: apt-get install wrk")
 
     workdir = Path(tempfile.mkdtemp(prefix="xtaldiff-bench-"))
-    checkpoints = [checkpoint_for(d, workdir) for d in args.datasets]
+    checkpoints = [checkpoint_for(d, workdir, untrained=args.untrained) for d in args.datasets]
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     processes = start_service(args, checkpoints, workdir / "data", port)

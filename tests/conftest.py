@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.checkpoint import save_checkpoint
-from model.data import dataset_info, dataset_statistics, load_split
+from model.data import checkpoint_metadata, load_split
 from model.diffusion import DiffusionConfig, Schedule
 from model.network import Denoiser, DenoiserConfig
 
@@ -16,18 +16,10 @@ TINY_DIFFUSION = DiffusionConfig(timesteps=50, lambda_draws=1000)
 
 def tiny_checkpoint_file(path: Path, dataset: str = "perov_5", conditioning: str = "cdi", seed: int = 0) -> Path:
     """A randomly initialised model with the real dataset's metadata (first 64 training rows)."""
-    arrays = load_split(dataset, "train", limit=64)
-    stats = dataset_statistics(arrays, dataset)
+    meta = checkpoint_metadata(load_split(dataset, "train", limit=64), dataset)
     torch.manual_seed(seed)
-    net = Denoiser(DenoiserConfig(num_classes=len(stats["elements"]), conditioning=conditioning, **TINY_ARCHITECTURE))
-    meta = {
-        "dataset": dataset,
-        "property": {k: v for k, v in stats.items() if k not in ("num_atoms", "elements")},
-        "elements": stats["elements"],
-        "num_atoms": stats["num_atoms"],
-        "sampling": {"step_lr": dataset_info(dataset).step_lr},
-        "training": {"epochs": 0, "note": "untrained test fixture"},
-    }
+    net = Denoiser(DenoiserConfig(num_classes=len(meta["elements"]), conditioning=conditioning, **TINY_ARCHITECTURE))
+    meta["training"] = {"epochs": 0, "note": "untrained test fixture"}
     save_checkpoint(path, net, Schedule(TINY_DIFFUSION), meta)
     return path
 
