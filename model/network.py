@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 CONDITIONINGS = ("cdi", "cds")
@@ -170,14 +171,21 @@ class Denoiser(nn.Module):
         lattice (B, 3, 3) L_t; t (B,) int; prop (B,) standardised property;
         keep_prop (B,) bool (False: the "no property" embedding); atom_mask (B, N) bool."""
         B, N, _ = frac.shape
+        d = self.config.d_model
         z_c = self.condition(t, prop, keep_prop)
         z = self.species_embedding(species)
-        if self.initial is not None:
-            z = self.initial(torch.cat([z, z_c[:, None, :].expand(B, N, -1)], dim=-1))
+        if self.initial is not None:  # MLP(z_a + z_c), eq. 16; the first layer split so z_c is not copied N times
+            first = self.initial[0]
+            hidden = F.linear(z, first.weight[:, :d]) + F.linear(z_c, first.weight[:, d:], first.bias)[:, None, :]
+            z = self.initial[2](self.initial[1](hidden))
 
-        gram = (lattice @ lattice.transpose(-1, -2)).reshape(B, 1, 1, 9)  # L L^T: rotation-invariant
-        pair_in = torch.cat([fourier_features(frac, self.config.num_freqs), gram.expand(B, N, N, 9)], dim=-1)
-        pair = self.pair(pair_in)  # e_ij, shared by the blocks (eqs. 12-13)
+        gram = (lattice @ lattice.transpose(-1, -2)).reshape(B, 9)  # L L^T: rotation-invariant
+        first, F_in = self.pair[0], 6 * self.config.num_freqs
+        # e_ij = MLP(psi_FT(f_j - f_i) + flatten(L L^T)) (eqs. 12-13), shared by the blocks; the first
+        # layer is split so that the lattice term is computed once per structure, not per pair.
+        hidden = F.linear(fourier_features(frac, self.config.num_freqs), first.weight[:, :F_in])
+        hidden = hidden + F.linear(gram, first.weight[:, F_in:], first.bias)[:, None, None, :]
+        pair = self.pair[3](self.pair[2](self.pair[1](hidden)))
 
         for block in self.blocks:
             z = block(z, pair, z_c, atom_mask)
