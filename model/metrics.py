@@ -74,6 +74,9 @@ def compositional_problem(structure: Structure) -> str | None:
     from smact.screening import pauling_test
 
     counts = structure.composition.get_el_amt_dict()
+    unknown = [symbol for symbol in counts if not Element.is_valid_symbol(symbol)]
+    if unknown:
+        return f"not chemical elements: {', '.join(unknown)}"
     symbols = sorted(counts, key=lambda symbol: Element(symbol).Z)
     if len(symbols) == 1:
         return None

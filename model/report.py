@@ -106,21 +106,57 @@ def distribution(values: Sequence[float]) -> dict:
     }
 
 
-def implausible_count(predicted: Sequence[float], training_values: np.ndarray) -> dict:
-    """Predictions more than one training range beyond the training extremes.
+def plausible_range(training_values: np.ndarray) -> tuple[float, float]:
+    """One training range beyond the training extremes on either side.
 
-    The oracle extrapolates freely on structures unlike its training data, and such a value
-    still counts as a success when it is low; this flags how many there are.
+    The oracle extrapolates freely on structures unlike its training data (perov_5 cells
+    "predicted" at 30 eV), and such a value still counts as a success when it is low; values
+    outside this range are flagged, and one success-rate variant counts them as failures.
     """
     low, high = float(training_values.min()), float(training_values.max())
-    span = high - low
-    bounds = (low - span, high + span)
-    count = sum(not bounds[0] <= value <= bounds[1] for value in predicted)
-    return {"count": count, "bounds": list(bounds)}
+    return low - (high - low), high + (high - low)
 
 
 def _rates(values: Sequence[float], names=("SR5", "SR10", "SR15")) -> dict:
     return dict(zip(names, values, strict=True))
+
+
+def success_rate_section(values: Sequence[float | None], dataset: str, training_values: np.ndarray) -> dict:
+    """Table 1's rates (headline: all samples, CDVAE's thresholds) and the labelled variants."""
+    cdvae_thresholds = metrics.CDVAE_THRESHOLDS[dataset]
+    our_thresholds = metrics.training_thresholds(training_values)
+    low, high = plausible_range(training_values)
+    plausible = [v if v is not None and low <= v <= high else None for v in values]
+    section = {
+        "headline": "fraction of all samples at or below CDVAE's thresholds",
+        "cdvae_thresholds": _rates(cdvae_thresholds),
+        "training_thresholds": _rates(our_thresholds),
+        "all_samples_cdvae_thresholds": _rates(metrics.success_rates(values, cdvae_thresholds)),
+        "all_samples_training_thresholds": _rates(metrics.success_rates(values, our_thresholds)),
+        "all_samples_cdvae_thresholds_implausible_fail": _rates(metrics.success_rates(plausible, cdvae_thresholds)),
+    }
+    if len(values) >= metrics.GROUP_SIZE:
+        section["cdvae_grouped_best_of_10"] = _rates(metrics.grouped_success_rates(values, cdvae_thresholds))
+    return section
+
+
+def sample_rows(
+    structures: Sequence[Structure], validities: Sequence[metrics.Validity], predictions: Sequence[Prediction]
+) -> list[dict]:
+    """One row per sample for samples.csv.gz: its checks, prediction and CIF."""
+    return [
+        {
+            "index": i,
+            "formula": structure.composition.reduced_formula,
+            "num_atoms": len(structure),
+            "predicted": prediction.value,
+            "structural_valid": validity.structural,
+            "compositional_valid": validity.compositional,
+            "reason": "; ".join(r for r in (validity.reason, prediction.reason) if r) or None,
+            "cif": structure.to(fmt="cif"),
+        }
+        for i, (structure, validity, prediction) in enumerate(zip(structures, validities, predictions, strict=True))
+    ]
 
 
 def run_evaluation(
@@ -160,17 +196,8 @@ def run_evaluation(
     values = counted_values(validities, predictions)
     scoring_s = time.time() - scoring_started
 
-    cdvae_thresholds = metrics.CDVAE_THRESHOLDS[dataset]
-    our_thresholds = metrics.training_thresholds(training_values)
-    success = {
-        "headline": "fraction of all samples at or below CDVAE's thresholds",
-        "cdvae_thresholds": _rates(cdvae_thresholds),
-        "training_thresholds": _rates(our_thresholds),
-        "all_samples_cdvae_thresholds": _rates(metrics.success_rates(values, cdvae_thresholds)),
-        "all_samples_training_thresholds": _rates(metrics.success_rates(values, our_thresholds)),
-    }
-    if settings.n >= metrics.GROUP_SIZE:
-        success["cdvae_grouped_best_of_10"] = _rates(metrics.grouped_success_rates(values, cdvae_thresholds))
+    success = success_rate_section(values, dataset, training_values)
+    low, high = plausible_range(training_values)
 
     valid_structures = [s for s, v in zip(structures, validities, strict=True) if v.valid]
     metrics_started = time.time()
@@ -215,7 +242,10 @@ def run_evaluation(
             "nearest_candidates": metrics.MAX_CANDIDATES,
         },
         "predicted_distribution_of_valid": distribution(predicted),
-        "implausible_predictions": implausible_count(predicted, training_values),
+        "implausible_predictions": {
+            "count": sum(not low <= v <= high for v in predicted),
+            "plausible_range": [low, high],
+        },
         "conditioning_error": conditioning,
         "training_split_note": REBUILT_SPLITS.get(dataset),
         "provenance": {
@@ -235,20 +265,7 @@ def run_evaluation(
             },
         },
     }
-    rows = [
-        {
-            "index": i,
-            "formula": structure.composition.reduced_formula,
-            "num_atoms": len(structure),
-            "predicted": prediction.value,
-            "structural_valid": validity.structural,
-            "compositional_valid": validity.compositional,
-            "reason": "; ".join(r for r in (validity.reason, prediction.reason) if r) or None,
-            "cif": structure.to(fmt="cif"),
-        }
-        for i, (structure, validity, prediction) in enumerate(zip(structures, validities, predictions, strict=True))
-    ]
-    return report, rows
+    return report, sample_rows(structures, validities, predictions)
 
 
 def conditioning_report(settings, oracle, training_values, sample) -> dict:
@@ -322,6 +339,10 @@ def render_markdown(report: dict) -> str:
     variants = [
         ("all samples, CDVAE's thresholds (headline)", "all_samples_cdvae_thresholds"),
         ("all samples, our training split's percentiles", "all_samples_training_thresholds"),
+        (
+            "all samples, CDVAE's thresholds, implausible predictions fail",
+            "all_samples_cdvae_thresholds_implausible_fail",
+        ),
         ("CDVAE's grouped protocol (best of 10 per group)", "cdvae_grouped_best_of_10"),
         ("thresholds: CDVAE", "cdvae_thresholds"),
         ("thresholds: our training split", "training_thresholds"),
@@ -354,11 +375,11 @@ def render_markdown(report: dict) -> str:
         )
     implausible = report["implausible_predictions"]
     if implausible["count"]:
-        low, high = implausible["bounds"]
+        low, high = implausible["plausible_range"]
         lines.append(
             f"- {implausible['count']} valid samples have predictions outside [{low:.4g}, "
             f"{high:.4g}] (one training range beyond its extremes): the oracle extrapolating. "
-            "They count like any other prediction, as in CDVAE."
+            "They count like any other prediction in the headline, as in CDVAE."
         )
     conditioning = report["conditioning_error"]
     if conditioning is not None:

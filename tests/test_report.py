@@ -1,0 +1,29 @@
+"""The report's success-rate section: headline, variants and the plausibility flag."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.metrics import CDVAE_THRESHOLDS
+from model.report import plausible_range, success_rate_section
+
+
+def test_success_rate_section_labels_every_variant():
+    training = np.linspace(-0.35, 5.0, 101)  # perov_5-like range
+    low, high = plausible_range(training)
+    assert (low, high) == pytest.approx((-5.7, 10.35))
+    # 10 samples: one far below the training range, one success, one invalid, the rest too high.
+    values = [-1e4, 0.3, None] + [2.0] * 7
+    section = success_rate_section(values, "perov_5", training)
+    assert section["cdvae_thresholds"]["SR5"] == CDVAE_THRESHOLDS["perov_5"][0]
+    assert section["all_samples_cdvae_thresholds"]["SR5"] == pytest.approx(0.2)
+    assert section["all_samples_cdvae_thresholds_implausible_fail"]["SR5"] == pytest.approx(0.1)
+    assert section["training_thresholds"]["SR5"] == pytest.approx(np.percentile(training, 5))
+    # One group of 10: its best value (-1e4) succeeds.
+    assert section["cdvae_grouped_best_of_10"]["SR15"] == 1.0
+
+
+def test_grouped_variant_needs_ten_samples():
+    section = success_rate_section([0.1, 0.2], "perov_5", np.linspace(0.0, 1.0, 11))
+    assert "cdvae_grouped_best_of_10" not in section
