@@ -299,3 +299,38 @@ def _pings(client) -> bool:
         return client.ping()
     except redis.ConnectionError:
         return False
+
+
+def parse_bundle_cifs(content: bytes) -> int:
+    """Parse every CIF of a bundle with pymatgen; returns how many structures parsed.
+
+    An untrained test model sometimes makes a cell collapsed to a plane (volume/abc below
+    1e-3): pymatgen refuses to read such a cell back from any CIF, so only those may fail.
+    """
+    import csv
+    import io
+    import warnings
+    import zipfile
+
+    from pymatgen.io.cif import CifParser
+
+    bundle = zipfile.ZipFile(io.BytesIO(content))
+    rows = list(csv.DictReader(io.StringIO(bundle.read("summary.csv").decode())))
+    assert rows and len(bundle.namelist()) == 2 * len(rows) + 2
+    parsed = 0
+    for row in rows:
+        collapsed = float(row["volume"]) / (
+            float(row["a"]) * float(row["b"]) * float(row["c"])) < 1e-3
+        for name in (row["cif"], row["cif_p1"]):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    structures = CifParser(io.StringIO(bundle.read(name).decode())
+                                           ).parse_structures(primitive=False)
+            except ValueError:
+                assert collapsed, f"{name} does not parse"
+                continue
+            assert len(structures) == 1
+            assert structures[0].composition.reduced_formula == row["formula"]
+            parsed += name == row["cif"]
+    return parsed
