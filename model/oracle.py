@@ -188,7 +188,12 @@ class Oracle:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         progress: bool = False,
     ) -> list[Prediction]:
-        """Predicted property of every structure; CrystalNN runs in ``workers`` processes."""
+        """Predicted property of every structure; CrystalNN runs in ``workers`` processes.
+
+        The workers start through multiprocessing's forkserver, so a script that calls this needs
+        the ``if __name__ == "__main__":`` guard, and a daemonic process (Celery's prefork pool)
+        cannot call it.
+        """
         graphs = build_graphs(structures, workers=workers, timeout_s=timeout_s, progress=progress)
         built = [graph for graph in graphs if isinstance(graph, CrystalGraph)]
         values = iter(self.predict_graphs(built))
