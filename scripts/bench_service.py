@@ -217,8 +217,8 @@ def main() -> None:
                 # A warm shutdown waits for the running job: not worth waiting for here.
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
     print(json.dumps(results, indent=2))  # noqa: T201 (a script's output)
-    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -196,7 +195,7 @@ def validate_checkpoint(sha256: str, *, settings: Settings,
     try:
         path = local_checkpoint(sessions, sha256=sha256,
                                 cache_dir=settings.resolved_checkpoint_cache_dir)
-        model = load_cached(Path(path))
+        model = load_cached(path)
         steps = min(settings.validation_steps, model.schedule.config.timesteps)
         structures = design(model, n=settings.validation_samples,
                             target=model.meta["property"]["mean"], seed=0, steps=steps)
