@@ -55,3 +55,13 @@ def test_oracle_unavailable_leaves_a_note(monkeypatch):
     rows = [structure_record(perovskite())]
     evaluate([perovskite()], rows, dataset="perov_5", oracle=True)
     assert rows[0]["prediction_note"] == "oracle unavailable: weights not installed"
+
+
+def test_compositions_too_large_for_smact_are_left_unchecked():
+    symbols = ["Li", "Be", "Na", "Mg", "Al", "Si", "K", "Ca", "Ti", "V", "Cr", "Mn", "Fe", "Co",
+               "Ni", "Cu", "O", "S", "N", "F"]
+    many = Structure(Lattice.cubic(12.0), symbols, [[i / 20, (i % 5) / 5, 0] for i in range(20)])
+    rows = [structure_record(many)]
+    evaluate([many], rows, dataset="mp_20", oracle=False)
+    assert rows[0]["valid_composition"] is None
+    assert "20 distinct elements" in rows[0]["invalid_reason"]
