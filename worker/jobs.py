@@ -58,6 +58,7 @@ class Heartbeat:
     def __exit__(self, *_exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.beat()  # the final progress, which the last periodic beat may have missed
 
     def progress(self, done: int, total: int) -> None:
         """The sampler's callback, after every reverse step: cheap, and where a job stops."""

@@ -58,6 +58,7 @@ def test_end_to_end_submit_run_poll_download_parse(stack):
     job_id = submit(client, num_samples=6, seed=2)
     job = wait_job(client, job_id, status="succeeded")
     assert len(job["structures"]) == 6 and job["progress"]["fraction"] == 1.0
+    assert job["progress"]["done"] == job["progress"]["total"] > 0
     assert parse_bundle_cifs(client.get(f"/jobs/{job_id}/bundle.zip").content) > 0
 
 
