@@ -102,14 +102,15 @@ def create_job(
     session: Session, *, checkpoint: Checkpoint, request: dict, warnings: list[str],
     owner: str | None,
 ) -> Job:
+    """A queued job, counted as sent: the caller sends it right after committing (one commit
+    on the happy path) and calls ``mark_unsent`` if the broker refused it."""
     job = Job(
         id=str(uuid.uuid4()), status=JobStatus.queued, owner=owner,
         checkpoint_sha256=checkpoint.sha256, model_name=checkpoint.name,
         dataset=checkpoint.dataset, property_name=checkpoint.meta["property"]["name"],
         property_unit=checkpoint.meta["property"]["unit"], request=request, warnings=warnings,
-        progress_done=0, progress_total=0, attempt=0, enqueue_count=0, cancel_requested=False,
-        timings={},
-        created_at=utcnow(),
+        progress_done=0, progress_total=0, attempt=0, enqueue_count=1, cancel_requested=False,
+        timings={}, created_at=utcnow(), enqueued_at=utcnow(),
     )
     session.add(job)
     session.flush()
@@ -122,6 +123,11 @@ def get_job(session: Session, *, job_id: str, owner: str | None = None) -> Job |
     if job is None or (owner is not None and job.owner != owner):
         return None
     return job
+
+
+def mark_unsent(session: Session, *, job_id: str) -> None:
+    """The broker did not take the job: the periodic check sends it at its next run."""
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=None))
 
 
 def mark_enqueued(session: Session, *, job_id: str) -> None:

@@ -31,8 +31,8 @@ def submit_design(
                              warnings=plan.warnings, owner=owner)
     # Committed before the task is sent, so a worker never looks for a job not yet written.
     session.commit()
-    if send(celery, DESIGN_TASK, job.id):
-        queries.mark_enqueued(session, job_id=job.id)
+    if not send(celery, DESIGN_TASK, job.id):
+        queries.mark_unsent(session, job_id=job.id)
         session.commit()
     response.headers["Location"] = f"/jobs/{job.id}"
     return job_out(job, [])

@@ -100,7 +100,7 @@ def test_sweep_requeues_dead_jobs_and_cancels_dead_cancelled_ones(sessions, sett
     assert sent == [job_id]
     with sessions() as session:
         requeued, dead = session.get(Job, job_id), session.get(Job, cancelled)
-        assert (requeued.status, requeued.attempt, requeued.enqueue_count) == ("queued", 2, 1)
+        assert (requeued.status, requeued.attempt, requeued.enqueue_count) == ("queued", 2, 2)
         assert dead.status == "cancelled"
     # Just enqueued: not sent again until requeue_after_s has passed.
     assert requeue_lost_jobs(settings=settings, sessions=sessions,
