@@ -142,8 +142,9 @@ class WorkerProcess:
             command.append("--beat")
         self.log_path = log_path
         self.log = open(log_path, "ab")
-        self.process = subprocess.Popen(command, env=env, stdout=self.log,
-                                        stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+        # Its own session: `--beat` forks a scheduler child that must die with the worker.
+        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                        cwd=REPO_ROOT, start_new_session=True)
 
     def wait_ready(self, sessions, timeout: float = 90) -> None:
         from xtaldiff import queries
@@ -159,8 +160,14 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL: no warm shutdown, no chance to requeue or acknowledge anything."""
-        self.process.send_signal(signal.SIGKILL)
+        self._kill_group()
         self.process.wait()
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -170,6 +177,7 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._kill_group()
         self.log.close()
 
 
