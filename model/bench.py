@@ -10,7 +10,7 @@ import time
 import torch
 
 from model.checkpoint import TrainedModel, default_device
-from model.data import CrystalSet, checkpoint_metadata, dataset_statistics, load_split
+from model.data import CrystalSet, checkpoint_metadata, load_split
 from model.diffusion import DiffusionConfig, Schedule, diffusion_loss
 from model.network import Denoiser, DenoiserConfig
 from model.sampling import design
@@ -59,15 +59,15 @@ def run_benchmarks(datasets: list[str], sample_n: int, sample_steps: int, train_
     schedule = Schedule(DiffusionConfig()).to(device)
     for name in datasets:
         arrays = load_split(name, "train")
-        stats = dataset_statistics(arrays, name)
         meta = checkpoint_metadata(arrays, name)
+        stats = meta["property"]
         vocab = sorted(set(arrays.atomic_numbers.tolist()))
         data = CrystalSet(arrays, vocab, stats["mean"], stats["std"])
         config = DenoiserConfig(num_classes=len(vocab), **PAPER_SIZE)
         torch.manual_seed(0)
         net = Denoiser(config).to(device)
         entry = {"train_structures": len(data)}
-        layouts = (True, False) if len(stats["num_atoms"]) > 1 else (True,)
+        layouts = (True, False) if len(meta["num_atoms"]) > 1 else (True,)
         for by_atom_count in layouts:
             key = "train_bucketed_by_atom_count" if by_atom_count else "train_padded_random"
             entry[key] = time_training(data, net, schedule, batch_size, train_batches, by_atom_count, device)

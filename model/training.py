@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from model.checkpoint import save_checkpoint
-from model.data import DATA_ROOT, CrystalSet, checkpoint_metadata, dataset_statistics, load_split
+from model.data import DATA_ROOT, CrystalSet, checkpoint_metadata, load_split
 from model.diffusion import DiffusionConfig, LossTerms, Schedule, diffusion_loss
 from model.network import Denoiser, DenoiserConfig
 
@@ -102,8 +102,8 @@ def train(
 
     train_arrays = load_split(config.dataset, "train", limit=config.max_train, root=data_root)
     val_arrays = load_split(config.dataset, "val", limit=config.max_val, root=data_root)
-    stats = dataset_statistics(train_arrays, config.dataset)
     dataset_meta = checkpoint_metadata(train_arrays, config.dataset)
+    stats = dataset_meta["property"]
     vocab_z = sorted(set(train_arrays.atomic_numbers.tolist()))
     train_set = CrystalSet(train_arrays, vocab_z, stats["mean"], stats["std"])
     val_set = CrystalSet(val_arrays, vocab_z, stats["mean"], stats["std"])
