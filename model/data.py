@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import math
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -266,3 +267,10 @@ class CrystalSet:
                 chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=generator)]
         for chunk in chunks:
             yield self.batch(chunk)
+
+    def num_batches(self, batch_size: int, by_atom_count: bool) -> int:
+        if not by_atom_count:
+            return math.ceil(len(self) / batch_size)
+        counts = torch.bincount(self.num_atoms)
+        return int(sum(math.ceil(c / batch_size) for c in counts.tolist() if c))
+

@@ -55,6 +55,69 @@ class EvaluationSettings:
     batch_size: int = 128
     conditioning_n: int = 100  # samples for the conditioning error (0: skip)
     workers: int = 2
+    samples: str | None = None  # drawn elsewhere (scripts/gpu_train.py): a CSV(.gz) with a JSON sidecar
+
+
+class SamplesError(ValueError):
+    """A samples file that does not belong to the checkpoint or cannot be read."""
+
+
+def samples_sidecar(path: Path) -> Path:
+    name = path.name.removesuffix(".gz").removesuffix(".csv")
+    return path.with_name(name + ".json")
+
+
+def write_samples(path: Path, structures: Sequence[Structure], drawn: dict) -> None:
+    """A samples file and its sidecar `drawn` (checkpoint_sha256, n, seed, steps, guidance,
+    target, device, sampling_s), for `evaluate --samples` on another machine. Structures are
+    stored as pymatgen JSON: exact, and readable even where a collapsed cell has no valid CIF."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["index", "formula", "structure"])
+        for i, structure in enumerate(structures):
+            writer.writerow([i, structure.composition.reduced_formula, json.dumps(structure.as_dict())])
+    samples_sidecar(path).write_text(json.dumps({**drawn, "n": len(structures)}, indent=2) + "\n")
+
+
+def read_samples_settings(path: Path) -> dict:
+    """The JSON sidecar of a samples file: checkpoint sha256, n, seed, steps, guidance, target, device."""
+    path, sidecar = Path(path), samples_sidecar(Path(path))
+    if not path.is_file() or not sidecar.is_file():
+        raise SamplesError(f"--samples needs {path} and its sidecar {sidecar} (scripts/gpu_train.py writes both)")
+    try:
+        drawn = json.loads(sidecar.read_text())
+        missing = [k for k in ("checkpoint_sha256", "n", "seed", "steps", "guidance", "target") if k not in drawn]
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise SamplesError(f"{sidecar} is not a samples sidecar ({exc})") from exc
+    if missing:
+        raise SamplesError(f"{sidecar} lacks {missing}")
+    return drawn
+
+
+def read_samples(path: Path, checkpoint_sha256: str) -> tuple[list[Structure], dict]:
+    """Structures drawn elsewhere and how they were drawn; refuses another checkpoint's samples."""
+    drawn = read_samples_settings(path)
+    if drawn.get("checkpoint_sha256") != checkpoint_sha256:
+        raise SamplesError(
+            f"{path} was drawn from checkpoint {str(drawn.get('checkpoint_sha256'))[:12]}..., "
+            f"not this one ({checkpoint_sha256[:12]}...)"
+        )
+    csv.field_size_limit(1 << 24)
+    opener = gzip.open if path.suffix == ".gz" else open
+    structures = []
+    with opener(path, "rt", newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                if "structure" in row:
+                    structures.append(Structure.from_dict(json.loads(row["structure"])))
+                else:
+                    structures.append(Structure.from_str(row["cif"], fmt="cif"))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise SamplesError(f"{path}, row {row.get('index')}: not a readable structure ({exc})") from exc
+    if len(structures) != drawn["n"]:
+        raise SamplesError(f"{path} holds {len(structures)} structures; its sidecar says {drawn['n']}")
+    return structures, drawn
 
 
 def training_structures(dataset: str) -> tuple[list[Structure], np.ndarray]:
@@ -187,8 +250,15 @@ def run_evaluation(
         )
 
     sampling_started = time.time()
-    structures = sample(settings.n, target, settings.seed)
-    sampling_s = time.time() - sampling_started
+    sampled_on = str(model.device)
+    if settings.samples is None:
+        structures = sample(settings.n, target, settings.seed)
+        sampling_s = time.time() - sampling_started
+    else:
+        structures, drawn = read_samples(Path(settings.samples), model.sha256)
+        if abs(drawn["target"] - target) > 1e-9:
+            raise SamplesError(f"{settings.samples} was drawn for target {drawn['target']}, not {target}")
+        sampling_s, sampled_on = drawn.get("sampling_s"), drawn.get("device", "unknown")
 
     oracle = Oracle.for_dataset(dataset)
     scoring_started = time.time()
@@ -203,6 +273,7 @@ def run_evaluation(
     metrics_started = time.time()
     unique = metrics.uniqueness(valid_structures)
     novel = metrics.novelty(valid_structures, training)
+    successes = sr5_successes(structures, values, validities, novel.novel, metrics.CDVAE_THRESHOLDS[dataset][0])
     metrics_s = time.time() - metrics_started
 
     conditioning = None
@@ -241,6 +312,7 @@ def run_evaluation(
             "queries_checked_against_nearest_only": novel.capped_queries,
             "nearest_candidates": metrics.MAX_CANDIDATES,
         },
+        "sr5_successes": successes,
         "predicted_distribution_of_valid": distribution(predicted),
         "implausible_predictions": {
             "count": sum(not low <= v <= high for v in predicted),
@@ -253,7 +325,7 @@ def run_evaluation(
             "checkpoint_sha256": model.sha256,
             "settings": asdict(settings),
             "sampling_steps": steps,
-            "device": str(model.device),
+            "device": sampled_on,
             "host": platform.node(),
             "cpu_count": os.cpu_count(),
             "wall_time_s": {
@@ -266,6 +338,24 @@ def run_evaluation(
         },
     }
     return report, sample_rows(structures, validities, predictions)
+
+
+def sr5_successes(structures, values, validities, novel_of_valid: list[bool], threshold: float) -> dict:
+    """What a scientist gets from the SR5 successes: how many distinct, unique and novel ones."""
+    novel_flags = iter(novel_of_valid)
+    novel_all = [next(novel_flags) if v.valid else False for v in validities]
+    chosen = [i for i, value in enumerate(values) if value is not None and value <= threshold]
+    found = [structures[i] for i in chosen]
+    unique = metrics.uniqueness(found)
+    unique_ids = set(unique.first_match)
+    return {
+        "count": len(chosen),
+        "distinct_formulas": len({s.composition.reduced_formula for s in found}),
+        "unique": unique.unique,
+        "novel": sum(novel_all[i] for i in chosen),
+        "unique_and_novel": sum(novel_all[chosen[j]] for j in unique_ids),
+        "per_samples": len(structures),
+    }
 
 
 def conditioning_report(settings, oracle, training_values, sample) -> dict:
@@ -366,6 +456,13 @@ def render_markdown(report: dict) -> str:
         f"{novel['nearest_candidates']} nearest training structures are matched "
         f"({novel['queries_checked_against_nearest_only']} samples).",
     ]
+    found = report.get("sr5_successes")
+    if found:
+        lines.append(
+            f"- SR5 successes: {found['count']} of {found['per_samples']} samples, {found['distinct_formulas']} "
+            f"distinct formulas, {found['unique']} unique structures (StructureMatcher), {found['novel']} novel, "
+            f"{found['unique_and_novel']} unique and novel."
+        )
     spread = report["predicted_distribution_of_valid"]
     if spread["count"]:
         lines.append(

@@ -1,24 +1,34 @@
-"""Training: Adam, LR on plateau, value clipping, EMA, validation each epoch, resumable.
+"""Training: Adam, linear warm-up then cosine LR, value clipping, EMA with warm-up, resumable.
 
-Two files come out: the checkpoint (`out`, EMA weights, rewritten after every epoch) and the
-resume state beside it (`<out>.state.pt`: raw weights, EMA, optimizer, scheduler, RNG states;
-tensors only, read back with weights_only=True). An interrupted run resumes from the last
-finished epoch and then continues exactly as if it had never stopped.
+Two files come out, rewritten every `eval_every` epochs: the checkpoint (`out`, EMA weights)
+and the resume state (`state_path(out, state_dir)`: raw weights, optimizer, RNG states and the
+sha256 of the checkpoint that holds the EMA; tensors only, read back with weights_only=True),
+which the CLI keeps outside the repository so that a run survives a fresh checkout. An
+interrupted run resumes from the last written epoch and then continues exactly as if it had
+never stopped. With no state to resume from, `--resume`
+warm-starts from the checkpoint itself (its EMA weights, a fresh optimizer, the schedule
+position from its header).
+
+The LR plan is fixed at the start by `epochs` (warm-up, then cosine decay to lr_min over all
+planned steps); a resumed run keeps it.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
+import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from tqdm import tqdm
 
-from model.checkpoint import save_checkpoint
+from model.checkpoint import SCHEDULE_PREFIX, CheckpointError, file_sha256, load_model, read_metadata, save_checkpoint
 from model.data import DATA_ROOT, CrystalSet, checkpoint_metadata, load_split
 from model.diffusion import DiffusionConfig, LossTerms, Schedule, diffusion_loss
 from model.network import Denoiser, DenoiserConfig
@@ -31,11 +41,12 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 256
     lr: float = 1e-3
-    lr_factor: float = 0.6  # ReduceLROnPlateau, DiffCSP's settings
-    lr_patience: int = 30
-    lr_min: float = 1e-4
+    lr_min: float = 1e-5  # the cosine decay ends here at the last planned step
+    warmup_steps: int = 1000  # linear LR warm-up from 0
     grad_clip: float = 0.5  # by value
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999  # reached after warm-up: min(ema_decay, (1 + n) / (10 + n)) at step n
+    bf16: bool = True  # autocast on CUDA (no effect on CPU)
+    eval_every: int = 1  # validate and write the checkpoint every N epochs (and at the end)
     seed: int = 0
     by_atom_count: bool = True  # batches of one atom count (no padding); see data.CrystalSet
     max_train: int | None = None  # use only the first rows of the split (tests, smoke runs)
@@ -45,8 +56,30 @@ class TrainConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
 
-def state_path(out: Path) -> Path:
-    return out.with_name(out.name + ".state.pt")
+def default_state_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "xtaldiff" / "runs"
+
+
+def state_path(out: Path, state_dir: Path | None = None) -> Path:
+    """Resume state of the run writing `out`: `<state_dir>/<out stem>/state.pt`."""
+    out = Path(out)
+    if state_dir is None:
+        return out.with_name(out.name + ".state.pt")
+    return Path(state_dir) / out.stem / "state.pt"
+
+
+def learning_rate(step: int, planned_steps: int, config: TrainConfig) -> float:
+    """Linear warm-up to `lr`, then half a cosine down to `lr_min` at the last planned step."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, planned_steps - config.warmup_steps))
+    return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1 + math.cos(math.pi * progress))
+
+
+def ema_decay(step: int, config: TrainConfig) -> float:
+    """Short memory at first, so the EMA does not carry the random initial weights."""
+    return min(config.ema_decay, (1 + step) / (10 + step))
 
 
 def git_commit() -> str:
@@ -63,7 +96,7 @@ def config_record(config: TrainConfig) -> dict:
     return json.loads(json.dumps(asdict(config)))
 
 
-RESUMABLE_CHANGES = ("epochs", "max_minutes")  # what a resumed run may ask differently
+RESUMABLE_CHANGES = ("max_minutes", "eval_every")  # what a resumed run may ask differently
 
 
 def same_run(a: dict, b: dict) -> bool:
@@ -86,16 +119,34 @@ def evaluate_loss(net, data: CrystalSet, schedule: Schedule, batch_size: int, by
     return mean_losses(terms)
 
 
+def warm_start(path: Path, net, ema, dataset: str, vocab_z: list[int], steps_per_epoch: int) -> dict:
+    """Load a checkpoint's EMA weights into `net` and `ema`; the record resumes at its epoch."""
+    meta = read_metadata(path)
+    if meta["dataset"] != dataset or meta["network"] != json.loads(json.dumps(asdict(net.config))):
+        raise ValueError(f"--resume: {path} is a {meta['dataset']} model of another shape; it cannot seed this run")
+    trained = load_model(path, device="cpu")
+    net.load_state_dict(trained.denoiser.state_dict())
+    ema.load_state_dict(trained.denoiser.state_dict())
+    epochs = int(meta.get("training", {}).get("epochs", 0))
+    return {"epochs": epochs, "steps": epochs * steps_per_epoch, "wall_time_s": 0.0, "history": [],
+            "warm_started_from": {"sha256": trained.sha256, "epochs": epochs}}
+
+
 def train(
     config: TrainConfig,
     out: Path,
     *,
     resume: bool = False,
+    state_dir: Path | None = None,
     device: torch.device | None = None,
     data_root: Path = DATA_ROOT,
     show_progress: bool = True,
+    log=print,
 ) -> dict:
-    """Train (or resume) and keep `out` up to date; returns the training record."""
+    """Train (or resume) and keep `out` up to date; returns the training record.
+
+    state_dir: where the resume state lives (None: beside `out`).
+    """
     out = Path(out)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
@@ -107,82 +158,101 @@ def train(
     vocab_z = sorted(set(train_arrays.atomic_numbers.tolist()))
     train_set = CrystalSet(train_arrays, vocab_z, stats["mean"], stats["std"])
     val_set = CrystalSet(val_arrays, vocab_z, stats["mean"], stats["std"])
+    steps_per_epoch = train_set.num_batches(config.batch_size, config.by_atom_count)
+    planned_steps = config.epochs * steps_per_epoch
 
     net_config = DenoiserConfig(num_classes=len(vocab_z), conditioning=config.conditioning, **config.architecture)
     net = Denoiser(net_config).to(device)
     ema = copy.deepcopy(net).requires_grad_(False)
     schedule = Schedule(config.diffusion).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
-    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=config.lr_factor, patience=config.lr_patience, min_lr=config.lr_min
-    )
     shuffle = torch.Generator().manual_seed(config.seed)
     record = {"epochs": 0, "steps": 0, "wall_time_s": 0.0, "history": []}
 
-    if resume:
-        path = state_path(out)
-        if not path.exists():
-            raise FileNotFoundError(f"--resume: no training state at {path}")
+    path = state_path(out, state_dir)
+    if resume and path.exists():
         state = torch.load(path, map_location=device, weights_only=True)
         if not same_run(config_record(config), state["config"]):
             raise ValueError(f"--resume: {path} was trained with a different configuration: {state['config']}")
         net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
+        # The EMA lives only in the checkpoint (it would make the state a third larger).
+        if not out.exists() or file_sha256(out) != state["checkpoint_sha256"]:
+            raise ValueError(f"--resume: {out} is not the checkpoint written with {path}; resume needs both")
+        ema.load_state_dict(
+            {k: v for k, v in load_file(out, device=str(device)).items() if not k.startswith(SCHEDULE_PREFIX)}
+        )
         optimizer.load_state_dict(state["optimizer"])
-        plateau.load_state_dict(state["plateau"])
         shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
         record = json.loads(state["record"])
+    elif resume:
+        if not out.exists():
+            raise FileNotFoundError(f"--resume: neither a training state at {path} nor a checkpoint at {out}")
+        try:
+            record = warm_start(out, net, ema, config.dataset, vocab_z, steps_per_epoch)
+        except CheckpointError as exc:
+            raise ValueError(f"--resume: {exc}") from exc
+        log(f"--resume: no training state at {path}; warm-starting from the EMA weights of {out} "
+            f"(epoch {record['epochs']}, fresh optimizer)")
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
     started = time.time() - record["wall_time_s"]
     session_start = time.time()
     bar = tqdm(range(record["epochs"], config.epochs), initial=record["epochs"], total=config.epochs,
                unit="epoch", disable=not show_progress)
+    terms, epochs_seen, window_start = [], [], time.time()  # the epochs since the last validation
     for epoch in bar:
         net.train()
-        epoch_start = time.time()
-        terms = []
+        epochs_seen.append(epoch)
         for batch in train_set.batches(config.batch_size, shuffle, config.by_atom_count):
+            lr = learning_rate(record["steps"], planned_steps, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             with autocast:
                 loss = diffusion_loss(net, batch.to(device), schedule, net_config.num_classes)
             optimizer.zero_grad(set_to_none=True)
-            loss.total.backward()
+            # A remainder chunk of one atom count gets a step in proportion to its size.
+            (loss.total * (len(batch.prop) / config.batch_size)).backward()
             torch.nn.utils.clip_grad_value_(net.parameters(), config.grad_clip)
             optimizer.step()
             with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - config.ema_decay)
+                decay = ema_decay(record["steps"], config)
+                torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
             terms.append(loss)
             record["steps"] += 1
+        out_of_time = config.max_minutes is not None and time.time() - session_start > 60 * config.max_minutes
+        if (epoch + 1) % config.eval_every and epoch + 1 < config.epochs and not out_of_time:
+            continue
         train_losses = mean_losses(terms)
         val_losses = evaluate_loss(ema, val_set, schedule, config.batch_size, config.by_atom_count, device)
-        plateau.step(val_losses["total"])
         record["epochs"] = epoch + 1
         record["wall_time_s"] = time.time() - started
         record["history"].append({
-            "epoch": epoch + 1, "train": train_losses["total"], "val": val_losses["total"],
-            "lr": optimizer.param_groups[0]["lr"], "seconds": time.time() - epoch_start,
+            "epoch": epoch + 1, "step": record["steps"], "train": train_losses["total"],
+            "val": val_losses["total"], "lr": lr, "seconds_per_epoch": (time.time() - window_start) / len(epochs_seen),
         })
         record["final"] = {"train": train_losses, "val": val_losses}
-        bar.set_postfix(loss=f"{train_losses['total']:.3f}", val=f"{val_losses['total']:.3f}",
-                        lr=f"{optimizer.param_groups[0]['lr']:.1e}", ep_s=f"{1 / (time.time() - epoch_start):.2f}")
+        bar.set_postfix(loss=f"{train_losses['total']:.3f}", val=f"{val_losses['total']:.3f}", lr=f"{lr:.1e}")
 
         save_checkpoint(out, ema, schedule, {
             **dataset_meta,
             "training": {
                 **{k: v for k, v in record.items() if k != "history"},
+                "planned_steps": planned_steps,
                 "device": str(device), "torch": torch.__version__, "git_commit": git_commit(),
                 "config": config_record(config), "dropped_val_structures": val_set.num_dropped,
             },
         })
-        tmp = state_path(out).with_suffix(".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
         torch.save({
-            "config": config_record(config), "net": net.state_dict(), "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(), "plateau": plateau.state_dict(),
+            "config": config_record(config), "net": net.state_dict(), "checkpoint_sha256": file_sha256(out),
+            "optimizer": optimizer.state_dict(),
             "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
             "record": json.dumps(record),
         }, tmp)
-        tmp.replace(state_path(out))
-        if config.max_minutes is not None and time.time() - session_start > 60 * config.max_minutes:
+        tmp.replace(path)
+        terms, epochs_seen, window_start = [], [], time.time()
+        if out_of_time:
             break
     return record

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import tiny_checkpoint_file
 from xtaldiff.cli import app
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -105,3 +106,57 @@ def test_evaluate_writes_the_report(tiny_checkpoint, tmp_path):
     assert "paper, CDI" in markdown and "this checkpoint" in markdown
     with gzip.open(out / "samples.csv.gz", "rt") as handle:
         assert len(list(csv.DictReader(handle))) == 10
+
+
+def test_evaluate_scores_samples_drawn_elsewhere(tiny_checkpoint, tmp_path):
+    from model.checkpoint import load_model
+    from model.data import load_split
+    from model.report import write_samples
+    from model.sampling import design
+
+    model = load_model(tiny_checkpoint, "cpu")
+    target = float(load_split("perov_5", "train").properties.min())  # what evaluate conditions on
+    structures = design(model, n=6, target=target, steps=4, seed=3, guidance=1.0)
+    samples = tmp_path / "drawn" / "tiny_w1.csv.gz"
+    write_samples(samples, structures, {
+        "checkpoint_sha256": model.sha256, "seed": 3, "steps": 4, "guidance": 1.0, "target": target,
+        "device": "elsewhere", "sampling_s": 1.5,
+    })
+    out = tmp_path / "report"
+    result = run("evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--samples", str(samples),
+                 "--cond-n", "0")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 6 and report["provenance"]["device"] == "elsewhere"
+    assert report["provenance"]["settings"]["guidance"] == 1.0 and report["provenance"]["sampling_steps"] == 4
+    with gzip.open(out / "samples.csv.gz", "rt") as handle:
+        formulas = [row["formula"] for row in csv.DictReader(handle)]
+    assert formulas == [s.composition.reduced_formula for s in structures]
+    found = report["sr5_successes"]
+    assert found["per_samples"] == 6 and 0 <= found["unique_and_novel"] <= found["unique"] <= found["count"] <= 6
+
+    other = tiny_checkpoint_file(tmp_path / "other.safetensors", seed=1)
+    refused = run("evaluate", "--checkpoint", str(other), "--out", str(tmp_path / "x"), "--samples", str(samples))
+    assert_one_line_error(refused, "was drawn from checkpoint")
+    missing = run("evaluate", "--checkpoint", str(other), "--out", str(tmp_path / "x"),
+                  "--samples", str(tmp_path / "none.csv.gz"))
+    assert_one_line_error(missing, "needs")
+
+
+def test_sr5_successes_count_distinct_unique_and_novel():
+    from pymatgen.core import Lattice, Structure
+
+    from model.metrics import Validity
+    from model.report import sr5_successes
+
+    def cubic(a, species):
+        return Structure(Lattice.cubic(a), species, [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+    structures = [cubic(4.0, ["Ba", "O"]), cubic(4.0, ["Ba", "O"]), cubic(4.2, ["Sr", "O"]), cubic(4.3, ["Ca", "O"])]
+    valid = Validity(True, True, None)
+    invalid = Validity(False, True, "too close")
+    found = sr5_successes(
+        structures, [0.1, 0.2, 0.3, None], [valid, valid, valid, invalid], [True, True, False], threshold=0.25
+    )
+    assert found == {"count": 2, "distinct_formulas": 1, "unique": 1, "novel": 2, "unique_and_novel": 1,
+                     "per_samples": 4}

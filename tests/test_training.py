@@ -10,7 +10,7 @@ from model.checkpoint import CheckpointError, load_model, read_metadata
 from model.data import CrystalSet, dataset_statistics, load_split
 from model.diffusion import DiffusionConfig, Schedule, diffusion_loss
 from model.network import Denoiser, DenoiserConfig
-from model.training import TrainConfig, state_path, train
+from model.training import TrainConfig, ema_decay, learning_rate, state_path, train
 from tests.conftest import TINY_ARCHITECTURE, TINY_DIFFUSION
 
 TINY_RUN = dict(
@@ -58,9 +58,12 @@ def test_resume_continues_exactly(tmp_path):
     train(TrainConfig(**TINY_RUN, epochs=2), straight, show_progress=False)
 
     interrupted = tmp_path / "interrupted.safetensors"
-    train(TrainConfig(**TINY_RUN, epochs=1), interrupted, show_progress=False)
+    states = tmp_path / "states"
+    # max_minutes=0 stops after the first epoch, with the LR plan of the whole run.
+    train(TrainConfig(**TINY_RUN, epochs=2, max_minutes=0), interrupted, state_dir=states, show_progress=False)
     assert read_metadata(interrupted)["training"]["epochs"] == 1
-    record = train(TrainConfig(**TINY_RUN, epochs=2), interrupted, resume=True, show_progress=False)
+    assert state_path(interrupted, states).exists()
+    record = train(TrainConfig(**TINY_RUN, epochs=2), interrupted, resume=True, state_dir=states, show_progress=False)
     assert record["epochs"] == 2
 
     a, b = load_file(straight), load_file(interrupted)
@@ -74,7 +77,52 @@ def test_resume_refuses_a_different_run(tmp_path):
     train(TrainConfig(**TINY_RUN, epochs=1), out, show_progress=False)
     assert state_path(out).exists()
     with pytest.raises(ValueError, match="different configuration"):
-        train(TrainConfig(**{**TINY_RUN, "lr": 1e-4}, epochs=2), out, resume=True, show_progress=False)
+        train(TrainConfig(**{**TINY_RUN, "lr": 1e-4}, epochs=1), out, resume=True, show_progress=False)
+    with pytest.raises(ValueError, match="different configuration"):  # the LR plan is fixed by epochs
+        train(TrainConfig(**TINY_RUN, epochs=3), out, resume=True, show_progress=False)
+
+
+def test_resume_without_state_warm_starts_from_the_checkpoint(tmp_path):
+    out = tmp_path / "run.safetensors"
+    train(TrainConfig(**TINY_RUN, epochs=1), out, show_progress=False)
+    first = load_file(out)
+    lines = []
+    record = train(TrainConfig(**TINY_RUN, epochs=3), out, resume=True, state_dir=tmp_path / "elsewhere",
+                   show_progress=False, log=lines.append)
+    assert len(lines) == 1 and "warm-starting" in lines[0]
+    assert record["epochs"] == 3 and record["warm_started_from"]["epochs"] == 1
+    assert read_metadata(out)["training"]["warm_started_from"]["epochs"] == 1
+    assert any(not torch.equal(first[k], v) for k, v in load_file(out).items())
+
+    with pytest.raises(FileNotFoundError, match="neither a training state"):
+        train(TrainConfig(**TINY_RUN, epochs=1), tmp_path / "none.safetensors", resume=True, show_progress=False)
+    with pytest.raises(ValueError, match="another shape"):
+        train(TrainConfig(**{**TINY_RUN, "architecture": {**TINY_RUN["architecture"], "d_model": 16}}, epochs=2),
+              out, resume=True, state_dir=tmp_path / "elsewhere2", show_progress=False)
+
+
+def test_learning_rate_warms_up_then_decays_to_lr_min():
+    config = TrainConfig(dataset="perov_5", lr=1e-3, lr_min=1e-5, warmup_steps=100)
+    rates = [learning_rate(step, 1000, config) for step in range(1000)]
+    assert rates[0] == pytest.approx(1e-5) and rates[99] == pytest.approx(1e-3)
+    assert all(a <= b for a, b in zip(rates[:100], rates[1:100], strict=False))
+    assert all(a >= b for a, b in zip(rates[100:], rates[101:], strict=False))
+    assert rates[550] == pytest.approx((1e-3 + 1e-5) / 2)
+    assert learning_rate(1000, 1000, config) == pytest.approx(1e-5)
+
+
+def test_ema_decay_starts_short_and_reaches_the_configured_decay():
+    config = TrainConfig(dataset="perov_5", ema_decay=0.999)
+    assert ema_decay(0, config) == pytest.approx(0.1)
+    assert ema_decay(100, config) < 0.95
+    assert ema_decay(100_000, config) == 0.999
+
+
+def test_num_batches_counts_the_batches_of_an_epoch():
+    arrays = load_split("perov_5", "train", limit=40)
+    stats = dataset_statistics(arrays, "perov_5")
+    data = CrystalSet(arrays, sorted(set(arrays.atomic_numbers.tolist())), stats["mean"], stats["std"])
+    assert data.num_batches(16, by_atom_count=True) == 3 == len(list(data.batches(16, None, True)))
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):

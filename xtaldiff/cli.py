@@ -78,27 +78,34 @@ def train(
     out: Annotated[
         Path | None, typer.Option(help="Checkpoint path [default: checkpoints/<dataset>_<cond>.safetensors].")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from <out>.state.pt.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the state in --state-dir, or warm-start from --out if there is none.")
+    ] = False,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Resume state folder [default: ~/.cache/xtaldiff/runs].")
+    ] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that crosses this wall time.")] = None,
-    lr: Annotated[float, typer.Option(min=0)] = 1e-3,
+    lr: Annotated[float, typer.Option(min=0, help="Peak learning rate, after the warm-up.")] = 1e-3,
+    warmup_steps: Annotated[int, typer.Option(min=1)] = 1000,
     seed: int = 0,
     blocks: Annotated[int, typer.Option(min=1, help="Transformer blocks (paper: 6).")] = 6,
     d_model: Annotated[int, typer.Option(min=8, help="Width d (paper: 128).")] = 128,
     freqs: Annotated[int, typer.Option(min=1, help="Fourier frequencies of psi_FT.")] = 32,
 ) -> None:
     """Train a conditional diffusion model; the checkpoint is rewritten after every epoch."""
-    from model.training import TrainConfig
+    from model.training import TrainConfig, default_state_dir
     from model.training import train as run_training
 
     out = out or Path("checkpoints") / f"{dataset.value}_{cond.value}.safetensors"
     config = TrainConfig(
         dataset=dataset.value, conditioning=cond.value, epochs=epochs, batch_size=batch_size, lr=lr,
-        seed=seed, max_minutes=max_minutes,
+        warmup_steps=warmup_steps, seed=seed, max_minutes=max_minutes,
         architecture={"num_blocks": blocks, "d_model": d_model, "num_freqs": freqs},
     )
     with user_errors():
         try:
-            record = run_training(config, out, resume=resume)
+            record = run_training(config, out, resume=resume, state_dir=state_dir or default_state_dir(),
+                                  log=lambda line: typer.echo(line, err=True))
         except ValueError as exc:
             raise fail(str(exc)) from None
     typer.echo(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))

@@ -180,9 +180,22 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     cond_n: Annotated[int, typer.Option(min=0, help="Samples for the conditioning error (0: skip).")] = 100,
     workers: Annotated[int, typer.Option(min=1, help="CrystalNN worker processes.")] = 2,
+    samples: Annotated[
+        Path | None,
+        typer.Option(help="Score samples drawn elsewhere (scripts/gpu_train.py): n, steps, guidance and seed "
+                     "are then those of its JSON sidecar."),
+    ] = None,
 ) -> None:
     """Sample a checkpoint, score it with the oracle and write the paper's Table 1 report."""
     target_value = parse_target(target)
+    from model.report import SamplesError, read_samples_settings
+
+    if samples is not None:
+        try:
+            drawn = read_samples_settings(samples)
+        except SamplesError as error:
+            raise _fail(str(error)) from None
+        n, steps, guidance, seed = drawn["n"], drawn["steps"], drawn["guidance"], drawn["seed"]
     from model.checkpoint import CheckpointError
     from model.data import DatasetError
     from model.oracle import OracleUnavailable
@@ -199,10 +212,11 @@ def evaluate(
         batch_size=batch_size,
         conditioning_n=cond_n,
         workers=workers,
+        samples=None if samples is None else str(samples),
     )
     try:
         report, rows = run_evaluation(settings, progress=sys.stderr.isatty())
-    except (CheckpointError, DatasetError, DesignError, OracleUnavailable) as error:
+    except (CheckpointError, DatasetError, DesignError, OracleUnavailable, SamplesError) as error:
         raise _fail(str(error)) from None
     write_report(report, rows, out)
     headline = report["success_rates"]["all_samples_cdvae_thresholds"]

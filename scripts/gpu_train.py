@@ -1,0 +1,114 @@
+"""Train several models side by side on one GPU, then draw their evaluation samples there.
+
+One command for a lent GPU machine with no network (see scripts/gpu_run.sh for the set-up):
+
+    python3 scripts/gpu_train.py --out OUT --minutes 6 \
+        --run perov_5:cdi:400:1024 --run perov_5:cds:400:1024 --guidance 0,0.5,1,2
+
+Each --run is dataset:conditioning:epochs:batch_size, trained in its own process with
+`--max-minutes`; checkpoints go to OUT/<dataset>_<cond>.safetensors and the resume state to
+OUT/state/, both written every few epochs, so a command cut off at its limit still leaves them.
+A run whose state or checkpoint is already in OUT resumes. Then, for each model and each
+guidance scale, n structures at the training minimum are sampled and written as
+OUT/samples/<model>_w<w>.csv.gz (a `cif` column) with a JSON sidecar (checkpoint sha256, seed,
+steps, device, seconds), to be scored on the CPU with `xtaldiff evaluate --samples`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_run(text: str) -> tuple[str, str, int, int]:
+    try:
+        dataset, cond, epochs, batch = text.split(":")
+        return dataset, cond, int(epochs), int(batch)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--run {text!r}: expected dataset:cond:epochs:batch_size") from None
+
+
+def train_one(run: tuple, out_dir: Path, minutes: float, lr: float, warmup: int, eval_every: int) -> None:
+    from model.training import TrainConfig, train
+
+    dataset, cond, epochs, batch = run
+    out = out_dir / f"{dataset}_{cond}.safetensors"
+    config = TrainConfig(dataset=dataset, conditioning=cond, epochs=epochs, batch_size=batch, lr=lr,
+                         warmup_steps=warmup, eval_every=eval_every, max_minutes=minutes)
+    record = train(config, out, resume=out.exists(), state_dir=out_dir / "state", show_progress=False)
+    print(json.dumps({"run": out.stem, **{k: v for k, v in record.items() if k != "history"}}), flush=True)
+
+
+def sample_one(checkpoint: Path, guidance: float, n: int, steps: int | None, seed: int, out_dir: Path) -> None:
+    import torch
+
+    from model.checkpoint import load_model
+    from model.report import write_samples
+    from model.sampling import design
+
+    model = load_model(checkpoint)
+    target = model.meta["property"]["min"]
+    started = time.time()
+    structures = design(model, n=n, target=target, guidance=guidance, steps=steps, seed=seed, batch_size=n)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.time() - started
+    name = f"{checkpoint.stem}_w{guidance:g}"
+    write_samples(out_dir / f"{name}.csv.gz", structures, {
+        "checkpoint": checkpoint.name, "checkpoint_sha256": model.sha256, "seed": seed,
+        "steps": steps or model.schedule.config.timesteps, "guidance": guidance, "target": target,
+        "device": torch.cuda.get_device_name() if model.device.type == "cuda" else "cpu",
+        "sampling_s": round(seconds, 1),
+    })
+    print(f"{name}: {n} structures in {seconds:.1f} s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--run", type=parse_run, action="append", required=True)
+    parser.add_argument("--minutes", type=float, required=True, help="training wall time per run")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-steps", type=int, default=500)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--guidance", default="0", help="comma-separated guidance scales to sample at")
+    parser.add_argument("-n", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    guidance = [float(w) for w in args.guidance.split(",") if w.strip()]
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    context = multiprocessing.get_context("spawn")
+    trainers = [context.Process(target=train_one, args=(run, args.out, args.minutes, args.lr, args.warmup_steps,
+                                                        args.eval_every)) for run in args.run]
+    for process in trainers:
+        process.start()
+    for process in trainers:
+        process.join()
+    checkpoints = [args.out / f"{d}_{c}.safetensors" for d, c, _, _ in args.run]
+    samplers = [
+        context.Process(target=sample_checkpoint, args=(checkpoint, guidance, args))
+        for checkpoint in checkpoints if checkpoint.exists()
+    ]
+    for process in samplers:
+        process.start()
+    for process in samplers:
+        process.join()
+    failed = [p.exitcode for p in trainers + samplers if p.exitcode]
+    sys.exit(1 if failed else 0)
+
+
+def sample_checkpoint(checkpoint: Path, guidance: list[float], args: argparse.Namespace) -> None:
+    for w in guidance:
+        sample_one(checkpoint, w, args.n, args.steps, args.seed, args.out / "samples")
+
+
+if __name__ == "__main__":
+    main()
