@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from api.errors import BadRequest
 from api.schemas import MAX_SEED, DesignRequest
 from xtaldiff import queries
+from xtaldiff.checkpoint_file import default_guidance
 from xtaldiff.elements import SYMBOLS
 from xtaldiff.settings import Settings
 from xtaldiff.states import CheckpointStatus
@@ -51,13 +52,14 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
         )
     if request.steps is not None and request.steps > settings.max_steps:
         raise BadRequest(f"steps is {request.steps}; at most {settings.max_steps} are allowed")
-    if request.guidance > settings.max_guidance:
+    if request.guidance is not None and request.guidance > settings.max_guidance:
         raise BadRequest(
             f"guidance is {request.guidance}; at most {settings.max_guidance} is allowed"
         )
     resolved = request.model_dump()
     resolved.update(
         model=checkpoint.name, dataset=checkpoint.dataset, elements=elements,
+        guidance=request.guidance if request.guidance is not None else default_guidance(meta),
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
     )
     return DesignPlan(checkpoint, resolved, warnings)

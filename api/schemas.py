@@ -55,9 +55,11 @@ class DesignRequest(BaseModel):
         description="Allowed element symbols (e.g. [\"Li\", \"Fe\", \"O\"]); each must be one "
         "the model knows. Omit to allow all of them.",
     )
-    guidance: float = Field(
-        0.0, ge=0, allow_inf_nan=False,
-        description="Classifier-free guidance strength; 0 samples the plain conditional model.",
+    guidance: float | None = Field(
+        None, ge=0, allow_inf_nan=False,
+        description="Classifier-free guidance strength; 0 samples the plain conditional model. "
+        "Omit for the model's default (GET /models: `default_guidance`); the job's request "
+        "says which value ran.",
     )
     steps: int | None = Field(
         None, ge=1, description="Reverse diffusion steps; omit for the model's own schedule.",
@@ -186,8 +188,10 @@ class ModelOut(BaseModel):
     property: PropertyInfo
     elements: list[str] = Field(description="Element symbols the model can place.")
     max_num_atoms: int = Field(description="Largest cell (in atoms) seen in training.")
-    metrics: dict = Field(description="Measured results stored in the checkpoint (success "
-                          "rates at the percentile thresholds, validity, ...).")
+    default_guidance: float = Field(description="Guidance a request without `guidance` runs at.")
+    metrics: dict = Field(description="Its evaluation (`xtaldiff record-evaluation`): success "
+                          "rates at w = 0 and at the default guidance, distinct SR5 formulas, n, "
+                          "seed, the sha256 evaluated; empty for a model never evaluated.")
 
 
 class CheckpointOut(ModelOut):

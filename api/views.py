@@ -16,6 +16,7 @@ from api.schemas import (
     StructureDetail,
     Timings,
 )
+from xtaldiff.checkpoint_file import default_guidance
 from xtaldiff.states import JobStatus
 from xtaldiff.tables import Checkpoint, Job, Structure
 
@@ -113,5 +114,6 @@ def _model_fields(checkpoint: Checkpoint) -> dict:
         ),
         elements=meta["elements"],
         max_num_atoms=max(int(k) for k in meta["num_atoms"]),
+        default_guidance=default_guidance(meta),
         metrics=meta.get("metrics", {}),
     )

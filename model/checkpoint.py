@@ -72,6 +72,17 @@ def save_checkpoint(path: Path, denoiser: Denoiser, schedule: Schedule, meta: di
     tmp.replace(path)
 
 
+def rewrite_metadata(path: Path, meta: dict) -> None:
+    """Replace a checkpoint's header, keeping its tensors byte for byte (atomically)."""
+    path = Path(path)
+    read_metadata(path)
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    tmp.replace(path)
+
+
 def read_metadata(path: Path | str) -> dict:
     """The JSON header of a checkpoint, without reading any weights."""
     path = Path(path)

@@ -329,7 +329,7 @@ def run_evaluation(
             "host": platform.node(),
             "cpu_count": os.cpu_count(),
             "wall_time_s": {
-                "sampling": round(sampling_s, 1),
+                "sampling": None if sampling_s is None else round(sampling_s, 1),
                 "validity_and_oracle": round(scoring_s, 1),
                 "uniqueness_and_novelty": round(metrics_s, 1),
                 "conditioning_error": round(conditioning_s, 1),
@@ -523,3 +523,51 @@ def write_report(report: dict, rows: list[dict], out_dir: Path) -> None:
     writer.writerows(rows)
     with gzip.open(out_dir / "samples.csv.gz", "wt") as handle:
         handle.write(buffer.getvalue())
+
+
+MIN_DISTINCT_PER_1000 = 200  # a default guidance must leave this many distinct SR5 formulas
+
+
+def distinct_per_1000(report: dict) -> float:
+    found = report["sr5_successes"]
+    return 1000 * found["distinct_formulas"] / found["per_samples"]
+
+
+def choose_default_guidance(reports: Sequence[dict]) -> float:
+    """The guidance with the highest SR5 among those whose SR5 successes keep at least
+    MIN_DISTINCT_PER_1000 distinct formulas per 1000 samples (0 when none does)."""
+    diverse = [r for r in reports if distinct_per_1000(r) >= MIN_DISTINCT_PER_1000]
+    if not diverse:
+        return 0.0
+    best = max(diverse, key=lambda r: (r["success_rates"]["all_samples_cdvae_thresholds"]["SR5"],
+                                       -r["provenance"]["settings"]["guidance"]))
+    return float(best["provenance"]["settings"]["guidance"])
+
+
+def evaluation_record(reports: Sequence[dict], default: float) -> dict:
+    """What a checkpoint's header keeps of its evaluation (GET /models shows it)."""
+
+    def summary(report: dict) -> dict:
+        rates = report["success_rates"]["all_samples_cdvae_thresholds"]
+        found = report["sr5_successes"]
+        return {
+            "guidance": report["provenance"]["settings"]["guidance"],
+            **{k: round(v, 4) for k, v in rates.items()},
+            "validity": round(report["validity"]["both"], 4),
+            "sr5_distinct_formulas": found["distinct_formulas"],
+            "sr5_unique_and_novel": found["unique_and_novel"],
+        }
+
+    by_w = {r["provenance"]["settings"]["guidance"]: r for r in reports}
+    first = reports[0]
+    return {
+        "protocol": "SR at CDVAE's thresholds, target = training minimum, all samples",
+        "n": first["n"],
+        "seed": first["provenance"]["settings"]["seed"],
+        "steps": first["provenance"]["sampling_steps"],
+        "evaluated_sha256": first["provenance"]["checkpoint_sha256"],
+        "default_guidance": default,
+        "at_w0": summary(by_w[0.0]) if 0.0 in by_w else None,
+        "at_default_guidance": summary(by_w[default]),
+        "sweep": [summary(by_w[w]) for w in sorted(by_w)],
+    }

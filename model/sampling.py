@@ -11,6 +11,7 @@ from pymatgen.core import Element, Lattice, Structure
 from model.checkpoint import TrainedModel
 from model.diffusion import reverse_diffusion
 from model.network import DenoiserOutput
+from xtaldiff.checkpoint_file import default_guidance
 
 MAX_ATOMS = 64  # the network is O(N^2) per structure; beyond this a user wants another model
 
@@ -80,7 +81,7 @@ def design(
     target: float | Sequence[float],
     num_atoms: int | Sequence[int] | None = None,
     elements: Sequence[str] | None = None,
-    guidance: float = 0.0,
+    guidance: float | None = None,
     steps: int | None = None,
     seed: int = 0,
     batch_size: int = 128,
@@ -90,7 +91,8 @@ def design(
 
     num_atoms: per structure, or None to draw from the training distribution.
     elements: allowed element symbols (None: the whole vocabulary).
-    guidance: classifier-free guidance scale (0: the paper's conditional model).
+    guidance: classifier-free guidance scale (0: the paper's conditional model; None: the
+        model's default, `default_guidance`, chosen from its evaluation).
     steps: reverse steps, evenly strided over T (default T).
     progress(done, total) is called after every reverse step; raise from it to stop.
     The same seed on the same device gives the same structures.
@@ -101,6 +103,8 @@ def design(
     steps = T if steps is None else steps
     if not isinstance(steps, int) or not 1 <= steps <= T:
         raise DesignError(f"steps must be between 1 and {T}, got {steps!r}")
+    if guidance is None:
+        guidance = default_guidance(model.meta)
     if not math.isfinite(guidance) or guidance < 0:
         raise DesignError(f"guidance must be a finite number >= 0, got {guidance!r}")
     targets = _per_structure(target, n, "target")

@@ -160,3 +160,68 @@ def test_sr5_successes_count_distinct_unique_and_novel():
     )
     assert found == {"count": 2, "distinct_formulas": 1, "unique": 1, "novel": 2, "unique_and_novel": 1,
                      "per_samples": 4}
+
+
+def fake_report(w: float, sr5: float, distinct: int, n: int = 1000) -> dict:
+    return {
+        "n": n, "success_rates": {"all_samples_cdvae_thresholds": {"SR5": sr5, "SR10": sr5, "SR15": sr5}},
+        "sr5_successes": {"distinct_formulas": distinct, "per_samples": n},
+        "provenance": {"settings": {"guidance": w}},
+    }
+
+
+def test_default_guidance_is_the_best_sr5_that_keeps_200_distinct_formulas_per_1000():
+    from model.report import choose_default_guidance
+
+    sweep = [fake_report(0.0, 0.81, 351), fake_report(0.5, 0.93, 260), fake_report(1.0, 0.96, 190),
+             fake_report(2.0, 0.99, 57)]
+    assert choose_default_guidance(sweep) == 0.5
+    assert choose_default_guidance([fake_report(0.0, 0.5, 19, n=100), fake_report(1.0, 0.6, 21, n=100)]) == 1.0
+    assert choose_default_guidance([fake_report(1.0, 0.9, 10)]) == 0.0
+
+
+def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_checkpoint, tmp_path):
+    from model.checkpoint import load_model, read_metadata
+    from model.data import load_split
+    from model.report import write_samples
+    from model.sampling import design
+
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(tiny_checkpoint.read_bytes())
+    model = load_model(checkpoint, "cpu")
+    target = float(load_split("perov_5", "train").properties.min())
+    reports = []
+    for w in (0.0, 1.0):
+        samples = tmp_path / f"w{w:g}.csv.gz"
+        write_samples(samples, design(model, n=4, target=target, steps=3, seed=0, guidance=w), {
+            "checkpoint_sha256": model.sha256, "seed": 0, "steps": 3, "guidance": w, "target": target,
+        })
+        reports.append(tmp_path / f"report_w{w:g}")
+        result = run("evaluate", "--checkpoint", str(checkpoint), "--out", str(reports[-1]),
+                     "--samples", str(samples), "--cond-n", "0")
+        assert result.exit_code == 0, result.output
+
+    unmeasured = run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports),
+                     "--default-guidance", "3")
+    assert_one_line_error(unmeasured, "has no report")
+    result = run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports), "--default-guidance", "1")
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(checkpoint)
+    assert meta["sampling"]["default_guidance"] == 1.0
+    metrics = meta["metrics"]
+    assert metrics["n"] == 4 and metrics["evaluated_sha256"] == model.sha256
+    assert [row["guidance"] for row in metrics["sweep"]] == [0.0, 1.0]
+    assert metrics["at_default_guidance"]["guidance"] == 1.0
+
+    # The header changed, so the file's sha256 did; the same reports are still accepted.
+    again = run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports), "--default-guidance", "0")
+    assert again.exit_code == 0, again.output
+    other = tiny_checkpoint_file(tmp_path / "other.safetensors", seed=4)
+    refused = run("record-evaluation", "--checkpoint", str(other), str(reports[0]))
+    assert_one_line_error(refused, "evaluated checkpoint")
+
+    run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports), "--default-guidance", "1")
+    designed = run("design", "--checkpoint", str(checkpoint), "--target", "0.5", "-n", "2", "--steps", "2",
+                   "--out", str(tmp_path / "designs"))
+    assert designed.exit_code == 0, designed.output
+    assert json.loads((tmp_path / "designs" / "summary.json").read_text())["guidance"] == 1.0

@@ -28,6 +28,12 @@ CONDITIONINGS = ("cdi", "cds")
 REQUIRED_PROPERTY_KEYS = ("name", "unit", "min", "max")
 
 
+def default_guidance(meta: dict) -> float:
+    """The guidance scale a model runs at when a request names none: the one its evaluation
+    chose (`xtaldiff record-evaluation`), 0 for a model never evaluated."""
+    return float(meta.get("sampling", {}).get("default_guidance", 0.0))
+
+
 class CheckpointFileError(ValueError):
     """The file is not a checkpoint xtaldiff can serve; the message says why."""
 

@@ -87,6 +87,7 @@ def train(
     max_minutes: Annotated[float | None, typer.Option(help="Stop after the epoch that crosses this wall time.")] = None,
     lr: Annotated[float, typer.Option(min=0, help="Peak learning rate, after the warm-up.")] = 1e-3,
     warmup_steps: Annotated[int, typer.Option(min=1)] = 1000,
+    eval_every: Annotated[int, typer.Option(min=1, help="Validate and write the checkpoint every N epochs.")] = 1,
     seed: int = 0,
     blocks: Annotated[int, typer.Option(min=1, help="Transformer blocks (paper: 6).")] = 6,
     d_model: Annotated[int, typer.Option(min=8, help="Width d (paper: 128).")] = 128,
@@ -99,7 +100,7 @@ def train(
     out = out or Path("checkpoints") / f"{dataset.value}_{cond.value}.safetensors"
     config = TrainConfig(
         dataset=dataset.value, conditioning=cond.value, epochs=epochs, batch_size=batch_size, lr=lr,
-        warmup_steps=warmup_steps, seed=seed, max_minutes=max_minutes,
+        warmup_steps=warmup_steps, eval_every=eval_every, seed=seed, max_minutes=max_minutes,
         architecture={"num_blocks": blocks, "d_model": d_model, "num_freqs": freqs},
     )
     with user_errors():
@@ -128,7 +129,9 @@ def design(
     n: Annotated[int, typer.Option("-n", "--n", help="Number of structures.")] = 16,
     num_atoms: Annotated[int | None, typer.Option(help="Atoms per cell [default: drawn from training].")] = None,
     elements: Annotated[str | None, typer.Option(help="Allowed elements, e.g. Li,Fe,O.")] = None,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (0: none).")] = 0.0,
+    guidance: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance scale (0: none) [default: the model's own].")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Reverse steps [default: T = 1000].")] = None,
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
@@ -145,9 +148,11 @@ def design(
 
     from model.checkpoint import load_model
     from model.sampling import design as run_design
+    from xtaldiff.checkpoint_file import default_guidance
 
     with user_errors():
         model = load_model(checkpoint)
+        guidance = default_guidance(model.meta) if guidance is None else guidance
         bar = tqdm(total=1, unit="step", disable=not sys.stderr.isatty())
 
         def progress(done: int, total: int) -> None:
@@ -273,10 +278,11 @@ def worker(
     os.execv(command[0], command)
 
 
-from xtaldiff.cli_oracle import evaluate, predict  # noqa: E402  (registered after the app exists)
+from xtaldiff.cli_oracle import evaluate, predict, record_evaluation  # noqa: E402  (registered after the app exists)
 
 app.command("predict")(predict)
 app.command("evaluate")(evaluate)
+app.command("record-evaluation")(record_evaluation)
 
 
 @app.command()

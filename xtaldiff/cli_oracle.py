@@ -224,3 +224,54 @@ def evaluate(
         f"wrote {out / 'report.md'}: SR5 {headline['SR5']:.3f}, SR10 {headline['SR10']:.3f}, "
         f"SR15 {headline['SR15']:.3f} ({n} samples)"
     )
+
+
+def record_evaluation(
+    checkpoint: Annotated[Path, typer.Option(help="The checkpoint the reports evaluated; its header is updated.")],
+    reports: Annotated[list[Path], typer.Argument(help="`evaluate` output folders, one per guidance scale.")],
+    default_guidance: Annotated[
+        float | None,
+        typer.Option(help="Guidance to run at when a request names none [default: the highest SR5 that keeps "
+                     "200 distinct SR5 formulas per 1000 samples]."),
+    ] = None,
+) -> None:
+    """Store evaluation figures and the default guidance in a checkpoint's header (GET /models shows them)."""
+    import json
+
+    from model.checkpoint import CheckpointError, file_sha256, read_metadata, rewrite_metadata
+    from model.report import choose_default_guidance, evaluation_record
+
+    try:
+        meta = read_metadata(checkpoint)
+    except CheckpointError as error:
+        raise _fail(str(error)) from None
+    accepted = {file_sha256(checkpoint), meta.get("metrics", {}).get("evaluated_sha256")}
+    loaded = []
+    for folder in reports:
+        path = folder / "report.json" if folder.is_dir() else folder
+        try:
+            report = json.loads(path.read_text())
+            sha256 = report["provenance"]["checkpoint_sha256"]
+            missing = [k for k in ("n", "success_rates", "sr5_successes") if k not in report]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise _fail(f"{path} is not an `xtaldiff evaluate` report.json ({error})") from None
+        if missing:
+            raise _fail(f"{path} lacks {missing}: evaluate again with this version of xtaldiff")
+        if sha256 not in accepted:
+            raise _fail(f"{path} evaluated checkpoint {sha256[:12]}..., not {checkpoint}")
+        loaded.append(report)
+    scales = sorted(r["provenance"]["settings"]["guidance"] for r in loaded)
+    if len(set(scales)) != len(scales):
+        raise _fail(f"two reports at the same guidance ({scales}); give one per scale")
+    if len({(r["n"], r["provenance"]["settings"]["seed"]) for r in loaded}) > 1:
+        raise _fail("the reports differ in n or seed; compare scales under one protocol")
+    if default_guidance is None:
+        default_guidance = choose_default_guidance(loaded)
+    if default_guidance not in scales:
+        raise _fail(f"--default-guidance {default_guidance} has no report; measured: {scales}")
+    meta["metrics"] = evaluation_record(loaded, default_guidance)
+    meta["sampling"]["default_guidance"] = default_guidance
+    rewrite_metadata(checkpoint, meta)
+    at = meta["metrics"]["at_default_guidance"]
+    typer.echo(f"{checkpoint}: default guidance {default_guidance:g} (SR5 {at['SR5']:.3f}, "
+               f"{at['sr5_distinct_formulas']} distinct SR5 formulas in {meta['metrics']['n']} samples)")

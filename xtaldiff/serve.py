@@ -102,19 +102,33 @@ class WorkerSupervisor:
         self._thread.join(timeout=5)
 
 
+def serving_rank(meta: dict) -> tuple[float, float]:
+    """Which of a dataset's models serves it: SR5 at its default guidance, then at w = 0
+    (`xtaldiff record-evaluation` writes both; a model never evaluated ranks last)."""
+    metrics = meta.get("metrics") or {}
+    at_default = metrics.get("at_default_guidance") or {}
+    at_w0 = metrics.get("at_w0") or {}
+    return float(at_default.get("SR5", -1.0)), float(at_w0.get("SR5", -1.0))
+
+
 def prepare_database(settings: Settings) -> None:
-    """Migrate the schema and register the bundled checkpoints."""
+    """Migrate the schema and register the bundled checkpoints, each dataset's best active."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
     db.upgrade(url)
     sessions = db.session_factory(url)
+    present = []
     for path in settings.bundled_checkpoints:
         if not path.is_file():
             log.warning("no checkpoint at %s: upload one through /admin/checkpoints", path)
             continue
+        with open(path, "rb") as handle:
+            present.append((serving_rank(inspect_checkpoint(handle).meta), path))
+    # Registering activates; the best of each dataset comes last and stays active.
+    for _, path in sorted(present, key=lambda item: item[0]):
         checkpoint = register_checkpoint(sessions, path)
-        log.info("serving %s (%s) for %s", checkpoint.name, checkpoint.sha256[:12],
-                 checkpoint.dataset)
+        log.info("registered %s (%s) for %s%s", checkpoint.name, checkpoint.sha256[:12],
+                 checkpoint.dataset, ", active" if checkpoint.active else "")
 
 
 def serve(settings: Settings, *, embedded_worker: bool, migrate: bool, workers: int = 1,

@@ -47,9 +47,10 @@ class Settings(BaseSettings):
         "data_dir/checkpoints."
     )
     bundled_checkpoints: list[Path] = Field(
-        default_factory=lambda: [REPO_ROOT / "checkpoints" / "perov_5_cdi.safetensors"],
-        description="Checkpoints registered (trusted, no validation) and activated by "
-        "`xtaldiff serve` in embedded mode and by `xtaldiff migrate`.",
+        default_factory=lambda: sorted((REPO_ROOT / "checkpoints").glob("*.safetensors")),
+        description="Checkpoints registered (trusted, no validation) by `xtaldiff serve` in "
+        "embedded mode and by `xtaldiff migrate`; of each dataset's, the one with the best "
+        "recorded success rate becomes active.",
     )
 
     admin_token: SecretStr | None = Field(

@@ -234,3 +234,20 @@ def test_openapi_describes_every_field_and_gives_request_examples(client):
     design = document["components"]["schemas"]["DesignRequest"]
     assert design["examples"] and all("target" in e for e in design["examples"])
     assert math.isfinite(design["examples"][0]["target"])
+
+
+def test_a_request_without_guidance_runs_at_the_models_default(client, sessions, tmp_path):
+    from model.checkpoint import read_metadata, rewrite_metadata
+    from tests.conftest import tiny_checkpoint_file
+    from xtaldiff.serve import register_checkpoint
+
+    path = tiny_checkpoint_file(tmp_path / "guided.safetensors", seed=5)
+    meta = read_metadata(path)
+    meta["sampling"]["default_guidance"] = 1.5
+    rewrite_metadata(path, meta)
+    register_checkpoint(sessions, path)
+    assert client.get("/models").json()[0]["default_guidance"] == 1.5
+    plain = client.get(f"/jobs/{submit(client)}").json()
+    assert plain["request"]["guidance"] == 1.5
+    chosen = client.get(f"/jobs/{submit(client, guidance=0.0)}").json()
+    assert chosen["request"]["guidance"] == 0.0

@@ -130,3 +130,22 @@ def test_summary_counts_and_quantiles():
     assert summary["predicted"]["quantiles"]["0.5"] == 2.5
     assert summary["predicted"]["quantiles"]["0.25"] == 1.75
     assert summarize([], target=0)["predicted"] is None
+
+
+def test_prepare_database_makes_each_datasets_best_model_active(settings, sessions, tmp_path):
+    from model.checkpoint import read_metadata, rewrite_metadata
+    from tests.conftest import tiny_checkpoint_file
+    from xtaldiff.serve import prepare_database
+
+    paths = {}
+    for name, sr5 in (("better", 0.9), ("worse", 0.5), ("unevaluated", None)):
+        path = paths[name] = tiny_checkpoint_file(tmp_path / f"{name}.safetensors", seed=len(paths))
+        if sr5 is not None:
+            meta = read_metadata(path)
+            meta["metrics"] = {"at_default_guidance": {"SR5": sr5}, "at_w0": {"SR5": sr5}}
+            rewrite_metadata(path, meta)
+    # Listed best first: the order of the list must not decide.
+    prepare_database(settings.model_copy(update={"bundled_checkpoints": list(paths.values())}))
+    with sessions() as session:
+        assert queries.active_checkpoint(session, dataset="perov_5").name == "better"
+        assert {c.name for c in queries.list_checkpoints(session, ready_only=True)} == set(paths)
