@@ -14,13 +14,16 @@ TINY_ARCHITECTURE = {"d_model": 32, "num_blocks": 2, "num_heads": 4, "num_freqs"
 TINY_DIFFUSION = DiffusionConfig(timesteps=50, lambda_draws=1000)
 
 
-def tiny_checkpoint_file(path: Path, dataset: str = "perov_5", conditioning: str = "cdi", seed: int = 0) -> Path:
+def tiny_checkpoint_file(
+    path: Path, dataset: str = "perov_5", conditioning: str = "cdi", seed: int = 0,
+    diffusion: DiffusionConfig = TINY_DIFFUSION,
+) -> Path:
     """A randomly initialised model with the real dataset's metadata (first 64 training rows)."""
     meta = checkpoint_metadata(load_split(dataset, "train", limit=64), dataset)
     torch.manual_seed(seed)
     net = Denoiser(DenoiserConfig(num_classes=len(meta["elements"]), conditioning=conditioning, **TINY_ARCHITECTURE))
     meta["training"] = {"epochs": 0, "note": "untrained test fixture"}
-    save_checkpoint(path, net, Schedule(TINY_DIFFUSION), meta)
+    save_checkpoint(path, net, Schedule(diffusion), meta)
     return path
 
 

@@ -342,3 +342,44 @@ def parse_bundle_cifs(content: bytes) -> int:
             assert structures[0].composition.reduced_formula == row["formula"]
             parsed += name == row["cif"]
     return parsed
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_checkpoint):
+    """PostgreSQL schema + Redis prefix + one worker + an API client, shared by this module's
+    first tests (each makes and reads only its own jobs)."""
+    from api.main import create_app
+
+    tmp = tmp_path_factory.mktemp("stack")
+    prefix = f"xtaldiff-test-{tmp.name}:"
+    with postgres_schema() as url:
+        db.upgrade(url)
+        settings = make_settings(tmp, url, prefix=prefix)
+        sessions = db.session_factory(url)
+        register_checkpoint(sessions, tiny_checkpoint)
+        worker = WorkerProcess(settings, tmp / "worker.log")
+        try:
+            worker.wait_ready(sessions)
+            with TestClient(create_app(settings)) as client:
+                yield client, settings, sessions
+        finally:
+            worker.stop()
+            client_redis = redis.Redis.from_url(REDIS_URL)
+            keys = list(client_redis.scan_iter(f"{prefix}*"))
+            if keys:
+                client_redis.delete(*keys)
+
+
+@contextmanager
+def long_running_model(sessions, tiny_checkpoint: Path, tmp_path: Path) -> Iterator[str]:
+    """The name of a tiny model with T = 1000, registered and active meanwhile: a job of
+    1000 structures x 1000 steps cannot end within a heartbeat, however fast the machine."""
+    from model.diffusion import DiffusionConfig
+    from tests.conftest import tiny_checkpoint_file
+
+    path = tiny_checkpoint_file(tmp_path / "long.safetensors", seed=3,
+                                diffusion=DiffusionConfig(timesteps=1000, lambda_draws=1000))
+    try:
+        yield register_checkpoint(sessions, path).name
+    finally:
+        register_checkpoint(sessions, tiny_checkpoint)  # active again for the module's other tests

@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 
 import httpx
 
 from tests.service.conftest import FAST_TIMINGS, free_port, parse_bundle_cifs, wait_for
+from xtaldiff.client import Client
 from xtaldiff.settings import REPO_ROOT
 
 
@@ -52,6 +54,13 @@ def test_embedded_serve_designs_perovskites_end_to_end(tmp_path, tiny_checkpoint
                        timeout=120, what="the job")
         assert len(job["structures"]) == 4
         assert parse_bundle_cifs(httpx.get(f"{location}/bundle.zip").content) > 0
+
+        with Client(base) as client, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # collapsed cells of the untrained model are left out
+            assert [m["name"] for m in client.models()] == [m["name"] for m in models]
+            designed = client.design(dataset="perov_5", target=1.0, n=3, steps=5, seed=2, progress=False)
+            assert all(s.properties["formula"] == s.composition.reduced_formula for s in designed)
+            assert client.job(job["id"])["status"] == "succeeded"
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(60)

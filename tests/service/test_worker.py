@@ -3,13 +3,13 @@ checkpoint upload and validation, a worker killed mid-job."""
 
 from __future__ import annotations
 
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from tests.service.conftest import (
     ADMIN,
     WorkerProcess,
+    long_running_model,
     make_settings,
     parse_bundle_cifs,
     postgres_schema,
@@ -20,35 +20,6 @@ from tests.service.conftest import (
 from xtaldiff import db
 from xtaldiff.serve import register_checkpoint
 from xtaldiff.tables import Job, Structure
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, tiny_checkpoint):
-    """PostgreSQL schema + Redis prefix + one worker + an API client, shared by this module's
-    first tests (each makes and reads only its own jobs)."""
-    import redis
-
-    from api.main import create_app
-    from tests.service.conftest import REDIS_URL
-
-    tmp = tmp_path_factory.mktemp("stack")
-    prefix = f"xtaldiff-test-{tmp.name}:"
-    with postgres_schema() as url:
-        db.upgrade(url)
-        settings = make_settings(tmp, url, prefix=prefix)
-        sessions = db.session_factory(url)
-        register_checkpoint(sessions, tiny_checkpoint)
-        worker = WorkerProcess(settings, tmp / "worker.log")
-        try:
-            worker.wait_ready(sessions)
-            with TestClient(create_app(settings)) as client:
-                yield client, settings, sessions
-        finally:
-            worker.stop()
-            client_redis = redis.Redis.from_url(REDIS_URL)
-            keys = list(client_redis.scan_iter(f"{prefix}*"))
-            if keys:
-                client_redis.delete(*keys)
 
 
 def test_end_to_end_submit_run_poll_download_parse(stack):
@@ -62,20 +33,21 @@ def test_end_to_end_submit_run_poll_download_parse(stack):
     assert parse_bundle_cifs(client.get(f"/jobs/{job_id}/bundle.zip").content) > 0
 
 
-def test_cancel_stops_a_running_job_between_steps(stack):
+def test_cancel_stops_a_running_job_between_steps(stack, tiny_checkpoint, tmp_path):
     client, _, sessions = stack
-    job_id = submit(client, num_samples=256, steps=50)
+    with long_running_model(sessions, tiny_checkpoint, tmp_path) as name:
+        job_id = submit(client, model=name, num_samples=1000, steps=1000)
 
-    def running_with_progress():
-        job = client.get(f"/jobs/{job_id}").json()
-        return job["status"] == "running" and job["progress"]["done"] > 0
+        def running_with_progress():
+            job = client.get(f"/jobs/{job_id}").json()
+            return job["status"] == "running" and job["progress"]["done"] > 0
 
-    wait_for(running_with_progress, timeout=120, what="the job to make progress")
-    response = client.delete(f"/jobs/{job_id}")
-    assert response.status_code == 202
-    job = wait_job(client, job_id, status="cancelled", timeout=60)
-    assert job["progress"]["done"] < job["progress"]["total"]
-    assert job["structures"] == []
+        wait_for(running_with_progress, timeout=120, what="the job to make progress")
+        response = client.delete(f"/jobs/{job_id}")
+        assert response.status_code == 202
+        job = wait_job(client, job_id, status="cancelled", timeout=60)
+        assert job["progress"]["done"] < job["progress"]["total"]
+        assert job["structures"] == []
 
 
 def test_uploaded_checkpoint_is_validated_by_a_worker_then_serves(stack, tmp_path):
