@@ -1,4 +1,5 @@
-"""The committed perov_5 checkpoint samples perovskite-like, structurally valid cells."""
+"""The committed checkpoints: their headers carry their evaluation, and the perov_5 models
+sample perovskite-like, structurally valid cells."""
 
 from pathlib import Path
 
@@ -6,18 +7,29 @@ import numpy as np
 import pytest
 from pymatgen.core import Structure
 
-from model.checkpoint import load_model
+from model.checkpoint import load_model, read_metadata
 from model.metrics import structural_problem
 from model.sampling import design
 
-CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "perov_5_cdi.safetensors"
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+PEROV_5 = ("perov_5_cdi", "perov_5_cds")
 
 
-@pytest.fixture(scope="module")
-def samples():
-    model = load_model(CHECKPOINT, "cpu")
-    assert model.meta["dataset"] == "perov_5" and model.meta["conditioning"] == "cdi"
+@pytest.fixture(scope="module", params=PEROV_5)
+def samples(request):
+    model = load_model(CHECKPOINTS / f"{request.param}.safetensors", "cpu")
+    assert model.meta["dataset"] == "perov_5" and model.meta["conditioning"] == request.param[-3:]
     return design(model, n=12, target=model.meta["property"]["min"], steps=100, seed=0)
+
+
+@pytest.mark.parametrize("path", sorted(CHECKPOINTS.glob("*.safetensors")), ids=lambda p: p.stem)
+def test_committed_checkpoints_carry_their_evaluation(path):
+    meta = read_metadata(path)
+    metrics = meta["metrics"]
+    assert metrics["n"] == 1000 and metrics["steps"] == 1000
+    assert metrics["default_guidance"] == meta["sampling"]["default_guidance"]
+    assert metrics["at_default_guidance"]["guidance"] == metrics["default_guidance"]
+    assert 0 <= metrics["at_w0"]["SR5"] <= metrics["at_w0"]["SR10"] <= metrics["at_w0"]["SR15"] <= 1
 
 
 def test_samples_are_mostly_structurally_valid(samples):
