@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.cache import FinishedJobCache
 from api.limits import BodySizeLimit
 from api.metrics import Metrics, MetricsMiddleware
-from api.routes import admin, design, jobs, models, ops
+from api.routes import admin, design, jobs, models, ops, page
 from xtaldiff.broker import create_celery
 from xtaldiff.db import session_factory
 from xtaldiff.settings import Settings, get_settings
@@ -28,8 +29,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics(app.state.sessions)
     app.state.finished_jobs = FinishedJobCache(capacity=256)
     errors.install(app)
-    for module in (design, jobs, models, admin, ops):
+    for module in (design, jobs, models, admin, ops, page):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     app.add_middleware(BodySizeLimit, path_prefix="/admin/checkpoints",
                        max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -189,6 +189,7 @@ class ModelOut(BaseModel):
     elements: list[str] = Field(description="Element symbols the model can place.")
     max_num_atoms: int = Field(description="Largest cell (in atoms) seen in training.")
     default_guidance: float = Field(description="Guidance a request without `guidance` runs at.")
+    timesteps: int = Field(description="Diffusion steps T: what a request without `steps` runs.")
     metrics: dict = Field(description="Its evaluation (`xtaldiff record-evaluation`): success "
                           "rates at w = 0 and at the default guidance, distinct SR5 formulas, n, "
                           "seed, the sha256 evaluated; empty for a model never evaluated.")

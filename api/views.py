@@ -115,5 +115,6 @@ def _model_fields(checkpoint: Checkpoint) -> dict:
         elements=meta["elements"],
         max_num_atoms=max(int(k) for k in meta["num_atoms"]),
         default_guidance=default_guidance(meta),
+        timesteps=meta["diffusion"]["timesteps"],
         metrics=meta.get("metrics", {}),
     )

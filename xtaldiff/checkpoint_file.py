@@ -164,4 +164,12 @@ def _xtaldiff_metadata(metadata: object) -> dict:
     if not (isinstance(num_atoms, dict) and num_atoms
             and all(k.isdigit() and int(k) > 0 for k in num_atoms)):
         raise CheckpointFileError("metadata num_atoms must map atom counts to probabilities")
+    timesteps = meta.get("diffusion", {}).get("timesteps") if isinstance(meta.get("diffusion"), dict) else None
+    if not (_is_count(timesteps) and timesteps > 0):
+        raise CheckpointFileError("metadata diffusion.timesteps must be a positive integer")
+    sampling = meta.get("sampling")
+    guidance = sampling.get("default_guidance", 0.0) if isinstance(sampling, dict) else None
+    if not (isinstance(guidance, int | float) and not isinstance(guidance, bool)
+            and math.isfinite(guidance) and guidance >= 0):
+        raise CheckpointFileError("metadata sampling must be an object; its default_guidance a number >= 0")
     return meta

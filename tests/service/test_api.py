@@ -120,6 +120,7 @@ def test_models_lists_ready_checkpoints_with_property_range(client, checkpoint):
     assert prop["name"] == "heat_ref" and prop["unit"] == "eV" and prop["min"] < prop["max"]
     assert models[0]["active"] and models[0]["conditioning"] == "cdi"
     assert models[0]["max_num_atoms"] == 5
+    assert models[0]["timesteps"] == 50 and models[0]["default_guidance"] == 0.0
 
 
 def test_target_just_outside_the_training_range_runs_with_a_warning(client, checkpoint):

@@ -202,3 +202,25 @@ def test_production_refuses_unsafe_settings():
         Settings(environment="production")
     assert Settings(environment="production", database_url=postgres, admin_token="").admin_token \
         is None
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda meta: meta.pop("diffusion"), "diffusion.timesteps must be a positive integer"),
+    (lambda meta: meta["diffusion"].update(timesteps=0), "diffusion.timesteps must be a positive integer"),
+    (lambda meta: meta["sampling"].update(default_guidance=-1), "default_guidance a number >= 0"),
+    (lambda meta: meta["sampling"].update(default_guidance="2"), "default_guidance a number >= 0"),
+])
+def test_headers_without_a_usable_schedule_or_guidance_are_refused(tiny_checkpoint, change, message):
+    import io
+
+    from xtaldiff.checkpoint_file import CheckpointFileError, inspect_checkpoint
+
+    raw = tiny_checkpoint.read_bytes()
+    size = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + size])
+    meta = json.loads(header["__metadata__"]["xtaldiff"])
+    assert inspect_checkpoint(io.BytesIO(raw)).meta == meta
+    change(meta)
+    header["__metadata__"]["xtaldiff"] = json.dumps(meta)
+    with pytest.raises(CheckpointFileError, match=message):
+        inspect_checkpoint(io.BytesIO(_safetensors(header, raw[8 + size :])))
