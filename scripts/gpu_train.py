@@ -8,7 +8,8 @@ One command for a lent GPU machine with no network (see scripts/gpu_run.sh for t
 Each --run is dataset:conditioning:epochs:batch_size, trained in its own process with
 `--max-minutes`; checkpoints go to OUT/<dataset>_<cond>.safetensors and the resume state to
 OUT/state/, both written every few epochs, so a command cut off at its limit still leaves them.
-A run whose state or checkpoint is already in OUT resumes. Then, for each model and each
+A run whose state or checkpoint is already in OUT resumes. `--checkpoint PATH` (repeatable)
+adds a trained model to sample without training it. Then, for each model and each
 guidance scale, n structures at the training minimum are sampled and written as
 OUT/samples/<model>_w<w>.csv.gz (a `cif` column) with a JSON sidecar (checkpoint sha256, seed,
 steps, device, seconds), to be scored on the CPU with `xtaldiff evaluate --samples`.
@@ -72,8 +73,9 @@ def sample_one(checkpoint: Path, guidance: float, n: int, steps: int | None, see
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--run", type=parse_run, action="append", required=True)
-    parser.add_argument("--minutes", type=float, required=True, help="training wall time per run")
+    parser.add_argument("--run", type=parse_run, action="append", default=[])
+    parser.add_argument("--checkpoint", type=Path, action="append", default=[], help="sample only, no training")
+    parser.add_argument("--minutes", type=float, default=0, help="training wall time per run")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup-steps", type=int, default=500)
     parser.add_argument("--eval-every", type=int, default=10)
@@ -82,6 +84,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if not args.run and not args.checkpoint:
+        parser.error("give at least one --run or --checkpoint")
     guidance = [float(w) for w in args.guidance.split(",") if w.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -92,7 +96,7 @@ def main() -> None:
         process.start()
     for process in trainers:
         process.join()
-    checkpoints = [args.out / f"{d}_{c}.safetensors" for d, c, _, _ in args.run]
+    checkpoints = [args.out / f"{d}_{c}.safetensors" for d, c, _, _ in args.run] + args.checkpoint
     samplers = [
         context.Process(target=sample_checkpoint, args=(checkpoint, guidance, args))
         for checkpoint in checkpoints if checkpoint.exists()
