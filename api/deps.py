@@ -62,23 +62,32 @@ async def get_owner(
     return digest.hex()
 
 
-async def require_admin(
-    request: Request, settings: Annotated[Settings, Depends(get_settings)]
-) -> None:
+def admin_refusal(settings: Settings, authorization: str | None) -> HTTPException | None:
+    """Why a request with this Authorization header may not use /admin (None: it may)."""
     if settings.admin_token is None:
-        raise HTTPException(
+        return HTTPException(
             status.HTTP_403_FORBIDDEN,
             "the admin API is off on this server: set XTALDIFF_ADMIN_TOKEN to turn it on",
         )
-    given = _bearer(request)
+    scheme, _, credentials = (authorization or "").partition(" ")
+    given = credentials.strip() if scheme.lower() == "bearer" and credentials else None
     if given is None:
-        raise HTTPException(
+        return HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "admin routes need `Authorization: Bearer <admin token>`",
             headers={"WWW-Authenticate": "Bearer"},
         )
     if not secrets.compare_digest(_digest(given), _digest(settings.admin_token.get_secret_value())):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
+        return HTTPException(status.HTTP_403_FORBIDDEN, "wrong admin token")
+    return None
+
+
+async def require_admin(
+    request: Request, settings: Annotated[Settings, Depends(get_settings)]
+) -> None:
+    refusal = admin_refusal(settings, request.headers.get("authorization"))
+    if refusal is not None:
+        raise refusal
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -52,6 +52,12 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
         )
     if request.steps is not None and request.steps > settings.max_steps:
         raise BadRequest(f"steps is {request.steps}; at most {settings.max_steps} are allowed")
+    timesteps = meta["diffusion"]["timesteps"]
+    if request.steps is not None and request.steps > timesteps:
+        raise BadRequest(
+            f"steps is {request.steps}; model {checkpoint.name} has T = {timesteps}: ask for "
+            f"{timesteps} or fewer, or omit steps"
+        )
     if request.guidance is not None and request.guidance > settings.max_guidance:
         raise BadRequest(
             f"guidance is {request.guidance}; at most {settings.max_guidance} is allowed"

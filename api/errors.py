@@ -5,10 +5,16 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException
+
+# What FastAPI says when the JSON decoder itself fails (bytes that are not UTF-8, nesting
+# deeper than the decoder recurses, integers past Python's digit limit).
+BODY_PARSE_FAILURE = "There was an error parsing the body"
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +77,16 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
                         status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
 
+async def _http_error(request: Request, exc: HTTPException):
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and exc.detail == BODY_PARSE_FAILURE:
+        return JSONResponse(
+            {"detail": "the body could not be read as JSON: send UTF-8 text with ordinary "
+                       "nesting and numbers, e.g. {\"dataset\": \"perov_5\", \"target\": -0.3}"},
+            status_code=status.HTTP_400_BAD_REQUEST,
+        )
+    return await http_exception_handler(request, exc)
+
+
 def _database_down(_request: Request, exc: Exception) -> JSONResponse:
     log.warning("database unavailable: %s", exc)
     return JSONResponse(
@@ -83,6 +99,7 @@ def _database_down(_request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(InterfaceError, _database_down)

@@ -7,7 +7,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.cache import FinishedJobCache
-from api.limits import BodySizeLimit
+from api.limits import DESIGN_BODY_BYTES, AdminFirst, BodySizeLimit
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import admin, design, jobs, models, ops, page
 from xtaldiff.broker import create_celery
@@ -33,6 +33,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     app.add_middleware(BodySizeLimit, path_prefix="/admin/checkpoints",
-                       max_bytes=settings.max_upload_bytes)
+                       max_bytes=settings.max_upload_bytes,
+                       message=f"upload larger than this server's limit of {settings.max_upload_bytes} "
+                       "bytes; raise XTALDIFF_MAX_UPLOAD_BYTES or send a smaller file")
+    app.add_middleware(BodySizeLimit, path_prefix="/design", max_bytes=DESIGN_BODY_BYTES,
+                       message=f"a design request is at most {DESIGN_BODY_BYTES} bytes of JSON; "
+                       "send only the documented fields")
+    # Outside the size limits and the routes: no upload byte is read before the token is checked.
+    app.add_middleware(AdminFirst, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -37,17 +37,17 @@ class DesignRequest(BaseModel):
         None, description="Dataset whose active model to use, when `model` is not given.",
     )
     target: float = Field(
-        allow_inf_nan=False,
+        allow_inf_nan=False, strict=True,
         description="Target value of the model's property, in its unit (GET /models: "
         "perov_5 is heat of formation `heat_ref` in eV). Must be finite; values far outside "
         "the training range are refused, values just outside it are accepted with a warning.",
     )
     num_samples: int = Field(
-        16, ge=1, description="How many structures to generate (at most the server's limit, "
+        16, ge=1, strict=True, description="How many structures to generate (at most the server's limit, "
         "1000 by default).",
     )
     num_atoms: int | None = Field(
-        None, ge=1, description="Atoms per cell. Omit to draw counts from the training "
+        None, ge=1, strict=True, description="Atoms per cell. Omit to draw counts from the training "
         "distribution; at most the largest count the model saw.",
     )
     elements: list[str] | None = Field(
@@ -56,16 +56,18 @@ class DesignRequest(BaseModel):
         "the model knows. Omit to allow all of them.",
     )
     guidance: float | None = Field(
-        None, ge=0, allow_inf_nan=False,
+        None, ge=0, allow_inf_nan=False, strict=True,
         description="Classifier-free guidance strength; 0 samples the plain conditional model. "
         "Omit for the model's default (GET /models: `default_guidance`); the job's request "
         "says which value ran.",
     )
     steps: int | None = Field(
-        None, ge=1, description="Reverse diffusion steps; omit for the model's own schedule.",
+        None, ge=1, strict=True,
+        description="Reverse diffusion steps, at most the model's T (GET /models: `timesteps`) "
+        "and the server's limit; omit for all T.",
     )
     seed: int | None = Field(
-        None, ge=0, le=MAX_SEED,
+        None, ge=0, le=MAX_SEED, strict=True,
         description="Random seed; omit for a random one (recorded in the job, so any job can "
         "be repeated).",
     )

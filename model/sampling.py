@@ -11,9 +11,7 @@ from pymatgen.core import Element, Lattice, Structure
 from model.checkpoint import TrainedModel
 from model.diffusion import reverse_diffusion
 from model.network import DenoiserOutput
-from xtaldiff.checkpoint_file import default_guidance
-
-MAX_ATOMS = 64  # the network is O(N^2) per structure; beyond this a user wants another model
+from xtaldiff.checkpoint_file import MAX_ATOMS, default_guidance
 
 
 class DesignError(ValueError):

@@ -193,9 +193,9 @@ def validate_checkpoint(sha256: str, *, settings: Settings,
     from model.sampling import DesignError, design
 
     reason = None
+    cache_dir = settings.resolved_checkpoint_cache_dir
     try:
-        path = local_checkpoint(sessions, sha256=sha256,
-                                cache_dir=settings.resolved_checkpoint_cache_dir)
+        path = local_checkpoint(sessions, sha256=sha256, cache_dir=cache_dir)
         model = load_cached(path)
         steps = min(settings.validation_steps, model.schedule.config.timesteps)
         structures = design(model, n=settings.validation_samples,
@@ -208,6 +208,8 @@ def validate_checkpoint(sha256: str, *, settings: Settings,
     except Exception as err:
         log.exception("checkpoint %s failed validation", sha256)
         reason = f"{type(err).__name__}: {err}"
+    if reason is not None:  # the uploader sees the file's name, not this server's folders
+        reason = reason.replace(f"{cache_dir}{os.sep}", "")
     with sessions() as session:
         queries.record_validation(session, sha256=sha256, reason=reason)
         session.commit()

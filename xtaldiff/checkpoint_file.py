@@ -25,7 +25,8 @@ FORMAT = "xtaldiff-checkpoint"  # model.checkpoint writes this; the API cannot i
 FORMAT_VERSION = 1
 DATASETS = ("perov_5", "carbon_24", "mp_20")
 CONDITIONINGS = ("cdi", "cds")
-REQUIRED_PROPERTY_KEYS = ("name", "unit", "min", "max")
+REQUIRED_PROPERTY_KEYS = ("name", "unit", "min", "max", "mean", "std")
+MAX_ATOMS = 64  # the network is O(N^2) per structure; beyond this a user wants another model
 
 
 def default_guidance(meta: dict) -> float:
@@ -71,10 +72,7 @@ def inspect_checkpoint(stream: BinaryIO) -> CheckpointFile:
             f"header length {header_len} does not fit the file ({size} bytes): "
             "not a safetensors file"
         )
-    try:
-        header = json.loads(stream.read(header_len))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointFileError(f"safetensors header is not valid JSON: {err}") from None
+    header = _parse_json(stream.read(header_len), "safetensors header")
     if not isinstance(header, dict):
         raise CheckpointFileError("safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None)
@@ -122,6 +120,23 @@ def _check_tensors(tensors: dict, *, data_bytes: int) -> int:
     return len(spans)
 
 
+def _parse_json(text: bytes | str, what: str) -> object:
+    # ValueError covers integers past Python's digit limit; RecursionError, absurd nesting.
+    try:
+        return json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise CheckpointFileError(f"{what} is not valid JSON: {str(err)[:200]}") from None
+
+
+def _is_finite_number(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -132,10 +147,9 @@ def _xtaldiff_metadata(metadata: object) -> dict:
             "no xtaldiff metadata in the header (__metadata__.xtaldiff): "
             "save checkpoints with model.checkpoint"
         )
-    try:
-        meta = json.loads(metadata["xtaldiff"])
-    except (TypeError, json.JSONDecodeError) as err:
-        raise CheckpointFileError(f"xtaldiff metadata is not valid JSON: {err}") from None
+    if not isinstance(metadata["xtaldiff"], str):
+        raise CheckpointFileError("xtaldiff metadata must be a JSON string")
+    meta = _parse_json(metadata["xtaldiff"], "xtaldiff metadata")
     if not isinstance(meta, dict):
         raise CheckpointFileError("xtaldiff metadata is not a JSON object")
     if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
@@ -154,16 +168,22 @@ def _xtaldiff_metadata(metadata: object) -> dict:
         raise CheckpointFileError(
             f"metadata property needs {', '.join(REQUIRED_PROPERTY_KEYS)}"
         )
-    if not all(isinstance(prop[k], int | float) and math.isfinite(prop[k])
-               for k in ("min", "max")) or prop["min"] > prop["max"]:
-        raise CheckpointFileError("metadata property min/max must be finite with min <= max")
+    if not all(_is_finite_number(prop[k]) for k in ("min", "max", "mean", "std")) \
+            or prop["min"] > prop["max"] or prop["std"] <= 0:
+        raise CheckpointFileError(
+            "metadata property min, max, mean and std must be finite numbers, min <= max, std > 0"
+        )
     elements = meta.get("elements")
     if not (isinstance(elements, list) and elements and all(isinstance(e, str) for e in elements)):
         raise CheckpointFileError("metadata elements must be a non-empty list of symbols")
     num_atoms = meta.get("num_atoms")
     if not (isinstance(num_atoms, dict) and num_atoms
-            and all(k.isdigit() and int(k) > 0 for k in num_atoms)):
-        raise CheckpointFileError("metadata num_atoms must map atom counts to probabilities")
+            and all(k.isascii() and k.isdigit() and 0 < int(k) <= MAX_ATOMS for k in num_atoms)
+            and all(_is_finite_number(p) and p >= 0 for p in num_atoms.values())
+            and sum(num_atoms.values()) > 0):
+        raise CheckpointFileError(
+            f"metadata num_atoms must map atom counts from 1 to {MAX_ATOMS} to probabilities"
+        )
     timesteps = meta.get("diffusion", {}).get("timesteps") if isinstance(meta.get("diffusion"), dict) else None
     if not (_is_count(timesteps) and timesteps > 0):
         raise CheckpointFileError("metadata diffusion.timesteps must be a positive integer")

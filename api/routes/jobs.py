@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
@@ -19,6 +19,10 @@ from xtaldiff.tables import Job
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 NOT_FOUND = {404: {"model": Problem}}
 MAX_PAGE = 500
+# Larger indices cannot exist (a job holds at most max_num_samples) and would overflow the
+# database's integer columns.
+MAX_INDEX = 2**31 - 1
+StructureIndex = Annotated[int, Path(ge=0, le=MAX_INDEX, description="Structure index k, 0-based.")]
 
 
 def _job(session: Session, job_id: str, owner: str | None) -> Job:
@@ -65,7 +69,7 @@ def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobOut:
             summary="Structures of a job, paginated")
 def list_structures(
     job_id: str, session: SessionDep, owner: OwnerDep,
-    offset: Annotated[int, Query(ge=0, description="Index of the first structure.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INDEX, description="Index of the first structure.")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Page size.")] = 50,
 ) -> StructurePage:
     job = _job(session, job_id, owner)
@@ -95,7 +99,7 @@ def _structure(session: Session, job: Job, index: int):
 @router.get("/{job_id}/structures/{index}.cif", responses=NOT_FOUND,
             response_class=Response, summary="One structure as CIF")
 def structure_cif(
-    job_id: str, index: int, session: SessionDep, owner: OwnerDep,
+    job_id: str, index: StructureIndex, session: SessionDep, owner: OwnerDep,
     cell: Annotated[Literal["symmetrized", "p1"], Query(
         description="symmetrized (space group found at symprec 0.1) or p1 (raw cell)")
     ] = "symmetrized",
@@ -110,7 +114,7 @@ def structure_cif(
 
 @router.get("/{job_id}/structures/{index}", response_model=StructureDetail,
             responses=NOT_FOUND, summary="One structure as JSON")
-def structure_json(job_id: str, index: int, session: SessionDep,
+def structure_json(job_id: str, index: StructureIndex, session: SessionDep,
                    owner: OwnerDep) -> StructureDetail:
     return structure_detail(_structure(session, _job(session, job_id, owner), index))
 

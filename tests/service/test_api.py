@@ -173,6 +173,11 @@ BAD_DESIGNS = [
     ({"dataset": "perov_5", "target": 1.0, "seed": -1}, 422, "seed: Input should be greater"),
     ({"dataset": "perov_5", "target": 1.0, "guidance": 100}, 422, "guidance is 100"),
     ({"dataset": "perov_5", "target": 1.0, "colour": "red"}, 422, "colour: Extra inputs"),
+    ({"dataset": "perov_5", "target": 1.0, "steps": 51}, 422, "has T = 50: ask for 50 or fewer"),
+    ({"dataset": "perov_5", "target": True}, 422, "target: Input should be a valid number"),
+    ({"dataset": "perov_5", "target": "1.0"}, 422, "target: Input should be a valid number"),
+    ({"dataset": "perov_5", "target": 1.0, "num_samples": "2"}, 422, "num_samples: Input should be a valid integer"),
+    ({"dataset": "perov_5", "target": 1.0, "steps": 5.0}, 422, "steps: Input should be a valid integer"),
 ]
 
 
@@ -252,3 +257,46 @@ def test_a_request_without_guidance_runs_at_the_models_default(client, sessions,
     assert plain["request"]["guidance"] == 1.5
     chosen = client.get(f"/jobs/{submit(client, guidance=0.0)}").json()
     assert chosen["request"]["guidance"] == 0.0
+
+
+@pytest.mark.parametrize("path", [
+    "/jobs/{id}/structures/4170497151666916622675738624.cif",
+    "/jobs/{id}/structures/4170497151666916622675738624",
+    "/jobs/{id}/structures?limit=480&offset=20550222997464993792",
+])
+def test_integers_beyond_any_index_are_a_422_not_a_500(client, checkpoint, path):
+    response = client.get(path.format(id=submit(client)))
+    assert response.status_code == 422, response.text
+    assert "less than or equal to 2147483647" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [
+    "{\"dataset\": \"perov_5\", \"target\": 1.0, \"model\": \"caf\xe9\"}".encode("latin-1"),
+    b"[" * 30_000 + b"]" * 30_000,
+    b'{"dataset": "perov_5", "target": ' + b"9" * 5000 + b"}",
+])
+def test_bodies_the_json_decoder_cannot_read_are_explained(client, checkpoint, body):
+    response = client.post("/design", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code in (400, 422), response.text
+    detail = response.json()["detail"]
+    assert "JSON" in detail and ("send UTF-8" in detail or "fix the syntax" in detail), detail
+
+
+def test_design_bodies_are_limited(client, checkpoint):
+    body = {"dataset": "perov_5", "target": 1.0, "model": "x" * 100_000}
+    response = client.post("/design", json=body)
+    assert response.status_code == 413 and "at most 65536 bytes" in response.json()["detail"]
+
+
+def test_an_upload_without_the_admin_token_is_refused_before_its_body_is_read(client):
+    sent = []
+
+    def body():
+        for _ in range(1000):  # 1 GB, were it all read
+            sent.append(1)
+            yield b"\0" * (1 << 20)
+
+    response = client.post("/admin/checkpoints", content=body(),
+                           headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert response.status_code == 401 and "admin routes need" in response.json()["detail"]
+    assert len(sent) <= 2

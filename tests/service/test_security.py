@@ -165,6 +165,7 @@ def test_a_checkpoint_whose_weights_do_not_load_is_rejected_with_the_reason(
     assert response.status_code == 202  # header and shapes are consistent
     reason = validate_checkpoint(response.json()["sha256"], settings=settings, sessions=sessions)
     assert "do not match the architecture" in reason
+    assert str(settings.resolved_checkpoint_cache_dir) not in reason  # no server paths shown
     rows = client.get("/admin/checkpoints", headers=ADMIN).json()
     assert rows[0]["status"] == "rejected" and rows[0]["rejection_reason"] == reason
     refused = client.post("/admin/checkpoints/broken/activate", headers=ADMIN)
@@ -209,6 +210,11 @@ def test_production_refuses_unsafe_settings():
     (lambda meta: meta["diffusion"].update(timesteps=0), "diffusion.timesteps must be a positive integer"),
     (lambda meta: meta["sampling"].update(default_guidance=-1), "default_guidance a number >= 0"),
     (lambda meta: meta["sampling"].update(default_guidance="2"), "default_guidance a number >= 0"),
+    (lambda meta: meta["property"].update(min=10**400), "must be finite numbers"),
+    (lambda meta: meta["property"].pop("std"), "property needs name, unit, min, max, mean, std"),
+    (lambda meta: meta.update(num_atoms={"\u00b2": 1.0}), "atom counts from 1 to 64"),
+    (lambda meta: meta.update(num_atoms={"5000": 1.0}), "atom counts from 1 to 64"),
+    (lambda meta: meta.update(num_atoms={"5": -1.0}), "atom counts from 1 to 64"),
 ])
 def test_headers_without_a_usable_schedule_or_guidance_are_refused(tiny_checkpoint, change, message):
     import io
@@ -224,3 +230,18 @@ def test_headers_without_a_usable_schedule_or_guidance_are_refused(tiny_checkpoi
     header["__metadata__"]["xtaldiff"] = json.dumps(meta)
     with pytest.raises(CheckpointFileError, match=message):
         inspect_checkpoint(io.BytesIO(_safetensors(header, raw[8 + size :])))
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    (b"[" * 200_000 + b"]" * 200_000, "safetensors header is not valid JSON"),
+    (b'{"w": {"dtype": "F32", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 4]}}',
+     "safetensors header is not valid JSON"),
+])
+def test_crafted_headers_are_refused_not_crashed_on(header, message):
+    import io
+
+    from xtaldiff.checkpoint_file import CheckpointFileError, inspect_checkpoint
+
+    raw = struct.pack("<Q", len(header)) + header + b"\0" * 4
+    with pytest.raises(CheckpointFileError, match=message):
+        inspect_checkpoint(io.BytesIO(raw))
