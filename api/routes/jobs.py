@@ -19,10 +19,10 @@ from xtaldiff.tables import Job
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 NOT_FOUND = {404: {"model": Problem}}
 MAX_PAGE = 500
-# Larger indices cannot exist (a job holds at most max_num_samples) and would overflow the
-# database's integer columns.
+# Indices beyond a 32-bit integer cannot exist (a job holds at most max_num_samples) and would
+# overflow the database's integer columns; smaller ones out of range get a 404 that says which exist.
 MAX_INDEX = 2**31 - 1
-StructureIndex = Annotated[int, Path(ge=0, le=MAX_INDEX, description="Structure index k, 0-based.")]
+StructureIndex = Annotated[int, Path(ge=-MAX_INDEX, le=MAX_INDEX, description="Structure index k, 0-based.")]
 
 
 def _job(session: Session, job_id: str, owner: str | None) -> Job:
