@@ -60,16 +60,17 @@ def list_checkpoints(session: Session, *, ready_only: bool) -> Sequence[Checkpoi
     return session.scalars(query).all()
 
 
-def activate_checkpoint(session: Session, *, checkpoint: Checkpoint) -> None:
+def activate_checkpoint(session: Session, *, checkpoint: Checkpoint, by_admin: bool = False) -> None:
     """Make ``checkpoint`` the one its dataset's requests go to (it must be ready)."""
     session.execute(
         update(Checkpoint)
         .where(Checkpoint.dataset == checkpoint.dataset, Checkpoint.sha256 != checkpoint.sha256)
-        .values(active=False)
+        .values(active=False, chosen_by_admin=False)
     )
     # The unique partial index on active checkpoints sees the old one cleared first.
     session.flush()
     checkpoint.active = True
+    checkpoint.chosen_by_admin = by_admin
     session.flush()
 
 

@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 20
 
 
-def register_checkpoint(sessions: sessionmaker[Session], path: Path) -> Checkpoint:
-    """Store a trusted local checkpoint as ready and make it its dataset's active model."""
+def register_checkpoint(sessions: sessionmaker[Session], path: Path, *, activate: bool = True) -> Checkpoint:
+    """Store a trusted local checkpoint as ready and (unless told not to) make it its
+    dataset's active model."""
     with open(path, "rb") as handle:
         inspected = inspect_checkpoint(handle)
         with sessions() as session:
@@ -44,7 +45,7 @@ def register_checkpoint(sessions: sessionmaker[Session], path: Path) -> Checkpoi
                     session, file=inspected, name=name, data=handle.read(),
                     status=CheckpointStatus.ready,
                 )
-            if checkpoint.status == CheckpointStatus.ready:
+            if activate and checkpoint.status == CheckpointStatus.ready:
                 queries.activate_checkpoint(session, checkpoint=checkpoint)
             session.commit()
     return checkpoint
@@ -112,23 +113,32 @@ def serving_rank(meta: dict) -> tuple[float, float]:
 
 
 def prepare_database(settings: Settings) -> None:
-    """Migrate the schema and register the bundled checkpoints, each dataset's best active."""
+    """Migrate the schema and register the bundled checkpoints; each dataset's best ready one
+    becomes active, unless an admin chose the dataset's model (that choice stays)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
     db.upgrade(url)
     sessions = db.session_factory(url)
-    present = []
+    best: dict[str, tuple[tuple[float, float], str]] = {}
     for path in settings.bundled_checkpoints:
         if not path.is_file():
             log.warning("no checkpoint at %s: upload one through /admin/checkpoints", path)
             continue
-        with open(path, "rb") as handle:
-            present.append((serving_rank(inspect_checkpoint(handle).meta), path))
-    # Registering activates; the best of each dataset comes last and stays active.
-    for _, path in sorted(present, key=lambda item: item[0]):
-        checkpoint = register_checkpoint(sessions, path)
-        log.info("registered %s (%s) for %s%s", checkpoint.name, checkpoint.sha256[:12],
-                 checkpoint.dataset, ", active" if checkpoint.active else "")
+        checkpoint = register_checkpoint(sessions, path, activate=False)
+        if checkpoint.status == CheckpointStatus.ready:
+            rank = serving_rank(checkpoint.meta)
+            if checkpoint.dataset not in best or rank > best[checkpoint.dataset][0]:
+                best[checkpoint.dataset] = (rank, checkpoint.sha256)
+    with sessions() as session:
+        for dataset, (_, sha256) in best.items():
+            current = queries.active_checkpoint(session, dataset=dataset)
+            if current is not None and current.chosen_by_admin:
+                log.info("%s: keeping %s, an admin's choice", dataset, current.name)
+                continue
+            chosen = queries.get_checkpoint(session, sha256=sha256)
+            queries.activate_checkpoint(session, checkpoint=chosen)
+            log.info("%s: serving %s (%s)", dataset, chosen.name, sha256[:12])
+        session.commit()
 
 
 def serve(settings: Settings, *, embedded_worker: bool, migrate: bool, workers: int = 1,

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -73,6 +74,8 @@ class Checkpoint(Base):
     conditioning: Mapped[str] = mapped_column(String(16))
     status: Mapped[CheckpointStatus] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Activated through /admin: `serve` and `migrate` then leave the dataset's choice alone.
+    chosen_by_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     meta: Mapped[dict] = mapped_column(JSON)
     size_bytes: Mapped[int] = mapped_column(Integer)
     uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -81,7 +81,7 @@ def activate(name: str, session: SessionDep) -> CheckpointOut:
         detail = f": {checkpoint.rejection_reason}" if checkpoint.rejection_reason else ""
         raise Conflict(f"checkpoint {name} is {checkpoint.status}{detail}; only a ready "
                        "checkpoint can be activated")
-    queries.activate_checkpoint(session, checkpoint=checkpoint)
+    queries.activate_checkpoint(session, checkpoint=checkpoint, by_admin=True)
     session.commit()
     return checkpoint_out(checkpoint)
 

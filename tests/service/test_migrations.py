@@ -33,3 +33,11 @@ def test_each_revision_upgrades_and_downgrades(database_url):
     assert "invalid_reason" in structure_columns()
     db.downgrade(database_url, "0001")
     assert "invalid_reason" not in structure_columns()
+
+    def checkpoint_columns() -> set[str]:
+        return {c["name"] for c in inspect(engine).get_columns("checkpoints")}
+
+    db.upgrade(database_url, "0003")
+    assert "chosen_by_admin" in checkpoint_columns()
+    db.downgrade(database_url, "0002")
+    assert "chosen_by_admin" not in checkpoint_columns()

@@ -149,3 +149,31 @@ def test_prepare_database_makes_each_datasets_best_model_active(settings, sessio
     with sessions() as session:
         assert queries.active_checkpoint(session, dataset="perov_5").name == "better"
         assert {c.name for c in queries.list_checkpoints(session, ready_only=True)} == set(paths)
+
+
+def test_an_admins_choice_of_model_survives_a_restart(settings, sessions, tmp_path):
+    from model.checkpoint import read_metadata, rewrite_metadata
+    from tests.conftest import tiny_checkpoint_file
+    from xtaldiff.serve import prepare_database
+
+    paths = []
+    for name, sr5 in (("better", 0.9), ("worse", 0.5)):
+        path = tiny_checkpoint_file(tmp_path / f"{name}.safetensors", seed=len(paths))
+        meta = read_metadata(path)
+        meta["metrics"] = {"at_default_guidance": {"SR5": sr5}}
+        rewrite_metadata(path, meta)
+        paths.append(path)
+    bundled = settings.model_copy(update={"bundled_checkpoints": paths})
+    prepare_database(bundled)
+    with sessions() as session:
+        queries.activate_checkpoint(session, checkpoint=queries.get_checkpoint(session, name="worse"),
+                                    by_admin=True)
+        session.commit()
+    prepare_database(bundled)  # a restart, or `xtaldiff migrate` on a deploy
+    with sessions() as session:
+        assert queries.active_checkpoint(session, dataset="perov_5").name == "worse"
+        queries.retire_checkpoint(session, checkpoint=queries.get_checkpoint(session, name="worse"))
+        session.commit()
+    prepare_database(bundled)  # the admin's model retired: the best bundled one serves again
+    with sessions() as session:
+        assert queries.active_checkpoint(session, dataset="perov_5").name == "better"
