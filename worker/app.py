@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 
 from xtaldiff import queries
 from xtaldiff.broker import create_celery
@@ -41,6 +41,13 @@ def _start_heartbeat(sender, **_kwargs) -> None:
     queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
     threading.Thread(target=_beat_forever, args=(sender.hostname, queues), daemon=True,
                      name="worker-heartbeat").start()
+
+
+@worker_shutting_down.connect
+def _interrupt_running_job(**_kwargs) -> None:
+    from worker.jobs import SHUTTING_DOWN
+
+    SHUTTING_DOWN.set()
 
 
 @worker_shutdown.connect

@@ -28,8 +28,17 @@ from xtaldiff.summary import summarize
 log = logging.getLogger(__name__)
 
 
+# Set when the worker is asked to stop (SIGTERM): a running job stops at its next sampling
+# step and goes back to the queue, so a stop takes seconds, not the rest of the job.
+SHUTTING_DOWN = threading.Event()
+
+
 class JobCancelled(Exception):
     pass
+
+
+class JobInterrupted(Exception):
+    """The worker is stopping; the job goes back to the queue for another run."""
 
 
 class JobLost(Exception):
@@ -67,6 +76,8 @@ class Heartbeat:
             raise JobCancelled
         if self.lost:
             raise JobLost
+        if SHUTTING_DOWN.is_set():
+            raise JobInterrupted
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
@@ -144,6 +155,12 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
             return _end(sessions, job_id, attempt, JobStatus.cancelled, None, timings, started)
         except JobLost:
             log.warning("job %s was taken over by another worker; stopping", job_id)
+            return None
+        except JobInterrupted:
+            with sessions() as session:
+                queries.release_job(session, job_id=job_id, attempt=attempt)
+                session.commit()
+            log.info("job %s returned to the queue: this worker is stopping", job_id)
             return None
         except (DesignError, CheckpointError) as err:
             return _end(sessions, job_id, attempt, JobStatus.failed, str(err), timings, started)

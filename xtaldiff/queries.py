@@ -227,6 +227,16 @@ def end_job(session: Session, *, job_id: str, attempt: int, status: JobStatus,
     return result.rowcount == 1
 
 
+def release_job(session: Session, *, job_id: str, attempt: int) -> bool:
+    """Put an owned running job back in the queue, unsent (the periodic check sends it)."""
+    result = session.execute(
+        update(Job).where(*_owned(job_id, attempt))
+        .values(status=JobStatus.queued, attempt=Job.attempt + 1, enqueued_at=None,
+                progress_done=0)
+    )
+    return result.rowcount == 1
+
+
 def fail_unclaimed_job(session: Session, *, job_id: str, error: str) -> bool:
     """Fail a job before any worker ran it (its checkpoint vanished, say)."""
     result = session.execute(

@@ -84,7 +84,8 @@ class WorkerSupervisor:
 
     def _supervise(self) -> None:
         while not self._stopping.is_set():
-            self.process = subprocess.Popen(self.command, env=self.env)
+            # Its own process group, so that stop() also reaches the beat child it forks.
+            self.process = subprocess.Popen(self.command, env=self.env, start_new_session=True)
             code = self.process.wait()
             if not self._stopping.is_set():
                 log.warning("embedded worker exited with %s; starting it again", code)
@@ -100,6 +101,11 @@ class WorkerSupervisor:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)  # whatever of the group is left
+            except ProcessLookupError:
+                pass
         self._thread.join(timeout=5)
 
 
@@ -141,6 +147,10 @@ def prepare_database(settings: Settings) -> None:
         session.commit()
 
 
+def _exit_cleanly(_signum, _frame) -> None:
+    raise SystemExit(0)
+
+
 def serve(settings: Settings, *, embedded_worker: bool, migrate: bool, workers: int = 1,
           log_level: str = "info") -> None:
     import uvicorn
@@ -149,6 +159,10 @@ def serve(settings: Settings, *, embedded_worker: bool, migrate: bool, workers: 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db.upgrade(settings.resolved_database_url)
     supervisor = None
+    # uvicorn restores the handlers it found and then raises the signal it caught again; with
+    # the default SIGTERM handler the process would die right there, leaving the worker child
+    # running. This one unwinds through `finally`, which stops the child.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     if embedded_worker:
         prepare_database(settings)
         supervisor = WorkerSupervisor(settings, loglevel=log_level)

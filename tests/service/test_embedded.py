@@ -71,3 +71,60 @@ def test_embedded_serve_designs_perovskites_end_to_end(tmp_path, tiny_checkpoint
         return found.stdout.strip() == ""
 
     wait_for(session_empty, timeout=30, what="the worker processes to exit")
+
+
+def test_sigterm_stops_the_server_and_its_worker_while_a_job_runs(tmp_path):
+    """What `docker stop`, systemd and `kill` send: the worker child stops with serve, and the
+    running job goes back to the queue instead of running on or being lost."""
+    import time
+
+    from model.diffusion import DiffusionConfig
+    from tests.conftest import tiny_checkpoint_file
+
+    long_model = tiny_checkpoint_file(tmp_path / "long.safetensors", seed=3,
+                                      diffusion=DiffusionConfig(timesteps=1000, lambda_draws=1000))
+    port = free_port()
+    env = {**os.environ, "XTALDIFF_BUNDLED_CHECKPOINTS": json.dumps([str(long_model)]),
+           "XTALDIFF_ORACLE": "false",
+           **{f"XTALDIFF_{k.upper()}": str(v) for k, v in FAST_TIMINGS.items()}}
+    for name in ("XTALDIFF_DATABASE_URL", "XTALDIFF_BROKER_URL"):
+        env.pop(name, None)
+    with open(tmp_path / "serve.log", "wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-c", "from xtaldiff.cli import app; app()", "serve",
+             "--data-dir", str(tmp_path / "data"), "--port", str(port), "--log-level", "warning"],
+            env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            def healthy_with_worker():
+                try:
+                    return httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok"
+                except httpx.HTTPError:
+                    assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                    return None
+
+            wait_for(healthy_with_worker, timeout=120, what="the embedded service")
+            job = httpx.post(f"{base}/design", json={"dataset": "perov_5", "target": 1.0,
+                                                     "num_samples": 1000, "steps": 1000}).json()
+            wait_for(lambda: httpx.get(f"{base}/jobs/{job['id']}").json()["progress"]["done"] > 0,
+                     timeout=120, what="the job to run")
+            stopped_at = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+            took = time.monotonic() - stopped_at
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+
+    def session_empty():
+        found = subprocess.run(["pgrep", "-s", str(server.pid)], capture_output=True, text=True)
+        return found.stdout.strip() == ""
+
+    wait_for(session_empty, timeout=30, what="the worker processes to exit")
+    assert took < 15, f"serve took {took:.0f} s to stop"
+    from xtaldiff import db, queries
+
+    with db.session_factory(f"sqlite:///{tmp_path / 'data' / 'xtaldiff.db'}")() as session:
+        interrupted = queries.get_job(session, job_id=job["id"])
+        assert interrupted.status == "queued" and interrupted.enqueued_at is None  # the sweep resends it
