@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.checkpoints import load_cached, local_checkpoint
@@ -26,6 +28,7 @@ from xtaldiff.states import DESIGN_TASK, JobStatus
 from xtaldiff.summary import summarize
 
 log = logging.getLogger(__name__)
+FINAL_WRITE_PATIENCE_S = 600.0  # how long a finished job's results wait for the database
 
 
 # Set when the worker is asked to stop (SIGTERM): a running job stops at its next sampling
@@ -169,15 +172,36 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
             return _end(sessions, job_id, attempt, JobStatus.failed,
                         f"internal error in the worker: {type(err).__name__}: {err}",
                         timings, started)
-    summary = summarize(rows, target=request["target"])
-    timings["total"] = round(time.perf_counter() - started, 3)
-    with sessions() as session:
-        written = queries.finish_job(session, job_id=job_id, attempt=attempt,
-                                     structures=rows, summary=summary, timings=timings)
+        # Still under the heartbeat: while the write waits out a database outage, the job
+        # stays this worker's.
+        summary = summarize(rows, target=request["target"])
+        timings["total"] = round(time.perf_counter() - started, 3)
+        written = write_results(sessions, job_id=job_id, attempt=attempt, rows=rows,
+                                summary=summary, timings=timings)
     if not written:
         log.warning("job %s changed hands before it was written; results dropped", job_id)
         return None
     return JobStatus.succeeded
+
+
+def write_results(sessions: sessionmaker[Session], *, job_id: str, attempt: int, rows: list[dict],
+                  summary: dict, timings: dict, give_up_after_s: float = FINAL_WRITE_PATIENCE_S) -> bool:
+    """`finish_job`, tried again while the database is unreachable: the results took minutes
+    of sampling, and an outage at this moment must not throw them away."""
+    deadline = time.monotonic() + give_up_after_s
+    wait_s = 0.5
+    while True:
+        try:
+            with sessions() as session:
+                return queries.finish_job(session, job_id=job_id, attempt=attempt,
+                                          structures=rows, summary=summary, timings=timings)
+        except (OperationalError, InterfaceError, PoolTimeout):
+            if time.monotonic() + wait_s > deadline:
+                raise
+            log.warning("writing the results of job %s failed; retrying in %.1f s", job_id, wait_s,
+                        exc_info=True)
+            time.sleep(wait_s)
+            wait_s = min(2 * wait_s, 15.0)
 
 
 def _end(sessions, job_id: str, attempt: int, status: JobStatus, error: str | None,

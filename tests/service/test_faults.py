@@ -12,6 +12,7 @@ from tests.service.conftest import (
     make_settings,
     postgres_schema,
     submit,
+    wait_for,
     wait_job,
 )
 from xtaldiff import db
@@ -84,6 +85,54 @@ def test_database_unreachable_gives_503_and_health_says_so(tmp_path, tiny_checkp
                 proxy.start()
                 assert client.get(f"/jobs/{job_id}").status_code == 200
                 assert client.get("/health").status_code == 200
+        finally:
+            proxy.stop()
+            db.get_engine(proxied, 1).dispose()
+
+
+def test_a_finished_jobs_results_wait_out_a_database_outage(tmp_path, tiny_checkpoint, caplog):
+    import logging
+    import threading
+
+    from pymatgen.core import Lattice
+    from pymatgen.core import Structure as Crystal
+
+    from worker.jobs import write_results
+    from worker.records import structure_record
+    from xtaldiff import queries
+
+    caplog.set_level(logging.WARNING, logger="worker.jobs")
+    perovskite = Crystal(Lattice.cubic(4.0), ["Ba", "Ti", "O", "O", "O"],
+                         [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    with postgres_schema() as url:
+        db.upgrade(url)
+        direct = db.session_factory(url)
+        checkpoint = register_checkpoint(direct, tiny_checkpoint)
+        with direct() as session:
+            job = queries.create_job(session, checkpoint=checkpoint, request={"target": 1.0},
+                                     warnings=[], owner=None)
+            session.commit()
+            job_id = job.id
+        proxy = TcpProxy(("127.0.0.1", 5432))
+        proxy.start()
+        proxied = url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        sessions = db.session_factory(proxied, 1)
+        try:
+            with sessions() as session:
+                attempt = queries.claim_job(session, job_id=job_id, worker="w", stale_after_s=30).attempt
+            proxy.stop()
+            outcome = {}
+            writer = threading.Thread(target=lambda: outcome.update(written=write_results(
+                sessions, job_id=job_id, attempt=attempt, rows=[structure_record(perovskite)],
+                summary={}, timings={}, give_up_after_s=60)))
+            writer.start()
+            wait_for(lambda: "retrying" in caplog.text, timeout=30, what="a failed write")
+            proxy.start()
+            writer.join(60)
+            assert outcome == {"written": True}
+            with direct() as session:
+                assert queries.get_job(session, job_id=job_id).status == "succeeded"
+                assert queries.count_structures(session, job_id=job_id) == 1
         finally:
             proxy.stop()
             db.get_engine(proxied, 1).dispose()
