@@ -6,6 +6,8 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from xtaldiff import queries
@@ -15,15 +17,24 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.
 
 
 class JobCollector:
-    """Jobs per status, counted in the database when Prometheus scrapes."""
+    """Jobs per status, counted in the database when Prometheus scrapes; during a database
+    outage only `xtaldiff_database_up 0`, so the HTTP metrics are still served."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
 
     def collect(self):
+        up = GaugeMetricFamily("xtaldiff_database_up", "1 if the last scrape could count jobs.")
+        try:
+            with self.sessions() as session:
+                counts = queries.job_counts(session)
+        except (OperationalError, InterfaceError, PoolTimeout):
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
         gauge = GaugeMetricFamily("xtaldiff_jobs", "Jobs per status.", labels=["status"])
-        with self.sessions() as session:
-            counts = queries.job_counts(session)
         for status in JobStatus:
             gauge.add_metric([status.value], counts.get(status.value, 0))
         yield gauge

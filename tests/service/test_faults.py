@@ -82,6 +82,9 @@ def test_database_unreachable_gives_503_and_health_says_so(tmp_path, tiny_checkp
                     assert response.status_code == 503
                     assert "database is unavailable" in response.json()["detail"]
                     assert response.headers["retry-after"]
+                scrape = client.get("/metrics")  # the HTTP metrics outlive the database
+                assert scrape.status_code == 200 and "xtaldiff_database_up 0.0" in scrape.text
+                assert 'xtaldiff_http_requests_total{method="GET",route="/health",status="503"}' in scrape.text
                 proxy.start()
                 assert client.get(f"/jobs/{job_id}").status_code == 200
                 assert client.get("/health").status_code == 200
