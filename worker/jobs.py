@@ -24,7 +24,7 @@ from worker.records import structure_record
 from xtaldiff import queries
 from xtaldiff.broker import send
 from xtaldiff.settings import Settings
-from xtaldiff.states import DESIGN_TASK, JobStatus
+from xtaldiff.states import DESIGN_TASK, VALIDATE_CHECKPOINT_TASK, JobStatus
 from xtaldiff.summary import summarize
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,8 @@ def validate_checkpoint(sha256: str, *, settings: Settings,
 
 
 def requeue_lost_jobs(*, settings: Settings, sessions: sessionmaker[Session], celery) -> list[str]:
-    """Enqueue again the queued jobs no broker seems to hold, and those whose worker died.
+    """Enqueue again the queued jobs no broker seems to hold, and those whose worker died;
+    send again the validation of uploads no broker got. Returns the jobs sent.
 
     A job sent twice is harmless: only one worker can claim it.
     """
@@ -274,4 +275,12 @@ def requeue_lost_jobs(*, settings: Settings, sessions: sessionmaker[Session], ce
             sent.append(job_id)
     if sent:
         log.info("enqueued %d lost job(s) again: %s", len(sent), ", ".join(sent))
+    with sessions() as session:
+        uploads = queries.unsent_validations(session, resend_after_s=settings.requeue_after_s)
+    for sha256 in uploads:
+        if send(celery, VALIDATE_CHECKPOINT_TASK, sha256):
+            with sessions() as session:
+                queries.mark_validation_sent(session, sha256=sha256)
+                session.commit()
+            log.info("sent the validation of checkpoint %s again", sha256[:12])
     return sent

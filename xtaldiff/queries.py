@@ -80,6 +80,23 @@ def retire_checkpoint(session: Session, *, checkpoint: Checkpoint) -> None:
     session.flush()
 
 
+def mark_validation_sent(session: Session, *, sha256: str) -> None:
+    session.execute(update(Checkpoint).where(Checkpoint.sha256 == sha256)
+                    .values(validation_sent_at=utcnow()))
+
+
+def unsent_validations(session: Session, *, resend_after_s: float) -> list[str]:
+    """Uploads still validating whose task no broker got, or got long ago (lost with it)."""
+    now = utcnow()
+    never_sent = Checkpoint.validation_sent_at.is_(None) & (
+        Checkpoint.uploaded_at < now - timedelta(seconds=5))
+    long_ago = Checkpoint.validation_sent_at < now - timedelta(seconds=resend_after_s)
+    return list(session.scalars(
+        select(Checkpoint.sha256).where(Checkpoint.status == CheckpointStatus.validating,
+                                        or_(never_sent, long_ago))
+    ).all())
+
+
 def record_validation(session: Session, *, sha256: str, reason: str | None) -> Checkpoint | None:
     """Mark a validating checkpoint ready (reason None) or rejected with the reason."""
     checkpoint = session.get(Checkpoint, sha256)

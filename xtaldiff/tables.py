@@ -80,6 +80,8 @@ class Checkpoint(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the validation task last went to the broker (None: not yet, the sweep sends it).
+    validation_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     rejection_reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (

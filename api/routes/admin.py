@@ -63,7 +63,10 @@ def upload_checkpoint(
     checkpoint = queries.add_checkpoint(session, file=inspected, name=name,
                                         data=file.file.read(), status=CheckpointStatus.validating)
     session.commit()
-    send(celery, VALIDATE_CHECKPOINT_TASK, checkpoint.sha256)
+    # A refused send leaves validation_sent_at empty: the periodic check sends it later.
+    if send(celery, VALIDATE_CHECKPOINT_TASK, checkpoint.sha256):
+        queries.mark_validation_sent(session, sha256=checkpoint.sha256)
+        session.commit()
     return checkpoint_out(checkpoint)
 
 
@@ -89,8 +92,26 @@ def activate(name: str, session: SessionDep) -> CheckpointOut:
 @router.post("/{name}/retire", response_model=CheckpointOut,
              responses={404: {"model": Problem}}, summary="Stop serving this checkpoint")
 def retire(name: str, session: SessionDep) -> CheckpointOut:
-    """Jobs already queued on it still run; new requests can no longer name it."""
+    """Jobs already queued on it still run; new requests can no longer name it. `restore`
+    undoes it."""
     checkpoint = _checkpoint(session, name)
+    if checkpoint.status not in (CheckpointStatus.ready, CheckpointStatus.retired):
+        raise Conflict(f"checkpoint {name} is {checkpoint.status}; only a ready checkpoint can "
+                       "be retired (a rejected one never serves)")
     queries.retire_checkpoint(session, checkpoint=checkpoint)
+    session.commit()
+    return checkpoint_out(checkpoint)
+
+
+@router.post("/{name}/restore", response_model=CheckpointOut,
+             responses={404: {"model": Problem}, 409: {"model": Problem}},
+             summary="Undo a retirement")
+def restore(name: str, session: SessionDep) -> CheckpointOut:
+    """The checkpoint is ready again (requests may name it); activate it to serve its dataset."""
+    checkpoint = _checkpoint(session, name)
+    if checkpoint.status not in (CheckpointStatus.retired, CheckpointStatus.ready):
+        raise Conflict(f"checkpoint {name} is {checkpoint.status}; only a retired checkpoint "
+                       "can be restored")
+    checkpoint.status = CheckpointStatus.ready
     session.commit()
     return checkpoint_out(checkpoint)

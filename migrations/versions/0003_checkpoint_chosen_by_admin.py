@@ -1,4 +1,5 @@
-"""checkpoints.chosen_by_admin: an admin's activation survives restarts and deploys
+"""checkpoints.chosen_by_admin (an admin's activation survives restarts and deploys) and
+checkpoints.validation_sent_at (an upload the broker never got is sent again)
 
 Revision ID: 0003
 Revises: 0002
@@ -21,8 +22,10 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("chosen_by_admin", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+        batch_op.add_column(sa.Column("validation_sent_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("checkpoints") as batch_op:
+        batch_op.drop_column("validation_sent_at")
         batch_op.drop_column("chosen_by_admin")

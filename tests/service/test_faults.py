@@ -22,6 +22,8 @@ from xtaldiff.tables import Job
 
 def test_jobs_survive_a_redis_restart_and_a_failed_enqueue(tmp_path, tiny_checkpoint):
     from api.main import create_app
+    from tests.conftest import tiny_checkpoint_file
+    from tests.service.conftest import ADMIN
 
     server = RedisServer(tmp_path)
     with postgres_schema() as url:
@@ -36,6 +38,12 @@ def test_jobs_survive_a_redis_restart_and_a_failed_enqueue(tmp_path, tiny_checkp
                 unsent = submit(client, num_samples=2)
                 with sessions() as session:
                     assert session.get(Job, unsent).enqueued_at is None
+                # An upload then is stored, its validation unsent; the periodic check sends it.
+                upload = tiny_checkpoint_file(tmp_path / "upload.safetensors", seed=11)
+                with open(upload, "rb") as handle:
+                    response = client.post("/admin/checkpoints", headers=ADMIN, data={"name": "upload"},
+                                           files={"file": ("upload.safetensors", handle)})
+                assert response.status_code == 202 and response.json()["status"] == "validating"
                 server.start()
                 sent = submit(client, num_samples=2)
                 broker = redis.Redis(port=server.port)
@@ -48,6 +56,13 @@ def test_jobs_survive_a_redis_restart_and_a_failed_enqueue(tmp_path, tiny_checkp
                 for job_id in (unsent, sent):
                     job = wait_job(client, job_id, status="succeeded", timeout=120)
                     assert len(job["structures"]) == 2
+
+                def upload_status():
+                    rows = client.get("/admin/checkpoints", headers=ADMIN).json()
+                    status = next(r["status"] for r in rows if r["name"] == "upload")
+                    return status if status != "validating" else None
+
+                assert wait_for(upload_status, timeout=120, what="the upload's validation") == "ready"
         finally:
             if worker is not None:
                 worker.stop()

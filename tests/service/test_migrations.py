@@ -38,6 +38,6 @@ def test_each_revision_upgrades_and_downgrades(database_url):
         return {c["name"] for c in inspect(engine).get_columns("checkpoints")}
 
     db.upgrade(database_url, "0003")
-    assert "chosen_by_admin" in checkpoint_columns()
+    assert {"chosen_by_admin", "validation_sent_at"} <= checkpoint_columns()
     db.downgrade(database_url, "0002")
-    assert "chosen_by_admin" not in checkpoint_columns()
+    assert not {"chosen_by_admin", "validation_sent_at"} & checkpoint_columns()

@@ -189,6 +189,31 @@ def test_activate_switches_the_dataset_model_and_retire_stops_it(
     response = client.post("/design", json={"dataset": "perov_5", "target": 1.0})
     assert response.status_code == 422 and "no model serves dataset perov_5" in response.text
     assert client.post("/admin/checkpoints/nope/retire", headers=ADMIN).status_code == 404
+    # Retiring is undone by restore; the model can then serve again.
+    restored = client.post("/admin/checkpoints/other/restore", headers=ADMIN)
+    assert restored.status_code == 200 and restored.json()["status"] == "ready"
+    assert client.post("/admin/checkpoints/other/activate", headers=ADMIN).status_code == 200
+    assert client.get(f"/jobs/{submit(client)}").json()["model"]["name"] == "other"
+
+
+def test_a_rejected_checkpoint_cannot_be_retired_or_restored(client, settings, sessions, tiny_checkpoint,
+                                                             tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(tiny_checkpoint), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    del tensors[sorted(k for k in tensors if not k.startswith("schedule."))[0]]
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata=metadata)
+    sha = _upload(client, broken.read_bytes(), name="broken").json()["sha256"]
+    reason = validate_checkpoint(sha, settings=settings, sessions=sessions)
+    for action in ("retire", "restore"):
+        refused = client.post(f"/admin/checkpoints/broken/{action}", headers=ADMIN)
+        assert refused.status_code == 409 and "is rejected" in refused.json()["detail"]
+    row = next(r for r in client.get("/admin/checkpoints", headers=ADMIN).json() if r["name"] == "broken")
+    assert row["status"] == "rejected" and row["rejection_reason"] == reason
 
 
 def test_production_refuses_unsafe_settings():
