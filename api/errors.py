@@ -41,10 +41,6 @@ class Conflict(ApiError):
     status_code = status.HTTP_409_CONFLICT
 
 
-class TooLarge(ApiError):
-    status_code = status.HTTP_413_CONTENT_TOO_LARGE
-
-
 def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,18 +43,6 @@ def get_engine(url: str, connect_timeout_s: int = 3) -> Engine:
 
 def session_factory(url: str, connect_timeout_s: int = 3) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url, connect_timeout_s), expire_on_commit=False)
-
-
-@contextmanager
-def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session that commits on success and rolls back on any exception."""
-    with factory() as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
 
 
 def alembic_config(url: str):

@@ -254,16 +254,6 @@ def release_job(session: Session, *, job_id: str, attempt: int) -> bool:
     return result.rowcount == 1
 
 
-def fail_unclaimed_job(session: Session, *, job_id: str, error: str) -> bool:
-    """Fail a job before any worker ran it (its checkpoint vanished, say)."""
-    result = session.execute(
-        update(Job).where(Job.id == job_id, Job.status == JobStatus.queued)
-        .values(status=JobStatus.failed, error=error, finished_at=utcnow())
-    )
-    session.commit()
-    return result.rowcount == 1
-
-
 def request_cancel(session: Session, *, job: Job) -> JobStatus:
     """Cancel a queued job now; ask a running one to stop. Returns the job's status after."""
     session.execute(
