@@ -41,8 +41,17 @@ class Conflict(ApiError):
     status_code = status.HTTP_409_CONFLICT
 
 
+class TooManyPending(ApiError):
+    """A caller has as many unfinished jobs as the server allows; retry once some end."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    retry_after_s = 30
+
+
 def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    retry_after = getattr(exc, "retry_after_s", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
 def _field(error: dict) -> str:

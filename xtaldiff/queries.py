@@ -254,6 +254,15 @@ def release_job(session: Session, *, job_id: str, attempt: int) -> bool:
     return result.rowcount == 1
 
 
+def count_pending_jobs(session: Session, *, owner: str | None) -> int:
+    """Queued or running jobs of this owner (None: of callers without a key)."""
+    mine = Job.owner.is_(None) if owner is None else Job.owner == owner
+    return session.scalar(
+        select(func.count()).select_from(Job)
+        .where(mine, Job.status.in_((JobStatus.queued, JobStatus.running)))
+    )
+
+
 def request_cancel(session: Session, *, job: Job) -> JobStatus:
     """Cancel a queued job now; ask a running one to stop. Returns the job's status after."""
     session.execute(

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     )
 
     max_num_samples: int = Field(1000, ge=1, description="Most structures one job may ask for.")
+    max_pending_jobs: int = Field(
+        100, ge=1, description="Most queued or running jobs one API key may have (all callers "
+        "together when keys are off); past it POST /design answers 429 with Retry-After.",
+    )
     max_steps: int = Field(5000, ge=1, description="Most reverse diffusion steps one job may ask.")
     max_guidance: float = Field(20.0, ge=0, description="Largest classifier-free guidance.")
     max_upload_bytes: int = Field(

@@ -4,6 +4,7 @@ from fastapi import APIRouter, Response, status
 
 from api.deps import CeleryDep, OwnerDep, SessionDep, SettingsDep
 from api.design import plan_design
+from api.errors import TooManyPending
 from api.schemas import DesignRequest, JobOut, Problem
 from api.views import job_out
 from xtaldiff import queries
@@ -18,7 +19,7 @@ router = APIRouter(tags=["design"])
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
     responses={400: {"model": Problem}, 415: {"model": Problem}, 422: {"model": Problem},
-               503: {"model": Problem}},
+               429: {"model": Problem}, 503: {"model": Problem}},
     summary="Submit a design job",
 )
 def submit_design(
@@ -27,6 +28,12 @@ def submit_design(
 ) -> JobOut:
     """Queue a job that generates `num_samples` structures for `target`; poll `Location`."""
     plan = plan_design(session, request=body, settings=settings)
+    pending = queries.count_pending_jobs(session, owner=owner)
+    if pending >= settings.max_pending_jobs:
+        raise TooManyPending(
+            f"{pending} of your jobs are queued or running, the most this server takes per "
+            f"{'API key' if owner else 'caller'}: retry when some have finished, or cancel some"
+        )
     job = queries.create_job(session, checkpoint=plan.checkpoint, request=plan.request,
                              warnings=plan.warnings, owner=owner)
     # Committed before the task is sent, so a worker never looks for a job not yet written.

@@ -301,3 +301,18 @@ def test_an_upload_without_the_admin_token_is_refused_before_its_body_is_read(cl
                            headers={"Content-Type": "multipart/form-data; boundary=x"})
     assert response.status_code == 401 and "admin routes need" in response.json()["detail"]
     assert len(sent) <= 2
+
+
+def test_a_caller_with_too_many_unfinished_jobs_gets_a_429_with_retry_after(settings, sessions, checkpoint):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    limited = settings.model_copy(update={"max_pending_jobs": 2})
+    with TestClient(create_app(limited)) as client:
+        first, _ = submit(client), submit(client)
+        refused = client.post("/design", json={"dataset": "perov_5", "target": 1.0, "steps": 5})
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "30"
+        assert "2 of your jobs are queued or running" in refused.json()["detail"]
+        assert client.delete(f"/jobs/{first}").status_code == 202  # a cancelled job frees a place
+        assert client.post("/design", json={"dataset": "perov_5", "target": 1.0}).status_code == 202
