@@ -29,6 +29,7 @@ from xtaldiff.summary import summarize
 
 log = logging.getLogger(__name__)
 FINAL_WRITE_PATIENCE_S = 600.0  # how long a finished job's results wait for the database
+FAIR_CLAIM_TRIES = 5  # another worker may take the fairest job first: choose again
 
 
 # Set when the worker is asked to stop (SIGTERM): a running job stops at its next sampling
@@ -128,7 +129,21 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
     from model.checkpoint import CheckpointError
     from model.sampling import DesignError, design
 
-    attempt = claim(sessions, job_id=job_id, settings=settings, redelivered=redelivered)
+    attempt = None
+    if not redelivered:
+        # Any message means "there is work": run the fairest queued job, which may not be the
+        # message's own (that one then runs on a later message).
+        for _ in range(FAIR_CLAIM_TRIES):
+            with sessions() as session:
+                chosen = queries.fairest_queued_job(session)
+            if chosen is None:
+                break
+            attempt = claim(sessions, job_id=chosen, settings=settings, redelivered=False)
+            if attempt is not None:
+                job_id = chosen
+                break
+    if attempt is None:
+        attempt = claim(sessions, job_id=job_id, settings=settings, redelivered=redelivered)
     if attempt is None:
         return None
     with sessions() as session:

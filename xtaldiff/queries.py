@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -163,6 +163,38 @@ class Claim:
     attempt: int | None
     status: JobStatus
     heartbeat_at: datetime | None
+
+
+def fairest_queued_job(session: Session) -> str | None:
+    """The queued job to run next, so that no caller starves another: the owner (API key; all
+    keyless callers are one) with the fewest running jobs, then the one whose last job started
+    longest ago, then the oldest job. A flood from one key thus interleaves with other keys'."""
+    queued = session.execute(
+        select(Job.id, Job.owner, Job.created_at)
+        .where(Job.status == JobStatus.queued, Job.cancel_requested.is_(False))
+        .order_by(Job.created_at).limit(10_000)
+    ).all()
+    if not queued:
+        return None
+    running = dict(session.execute(
+        select(Job.owner, func.count()).where(Job.status == JobStatus.running).group_by(Job.owner)
+    ).all())
+    last_started = dict(session.execute(
+        select(Job.owner, func.max(Job.started_at)).where(Job.started_at.is_not(None))
+        .group_by(Job.owner)
+    ).all())
+    never = datetime.min.replace(tzinfo=UTC)
+
+    def turn(row) -> tuple:
+        started = last_started.get(row.owner)
+        return (running.get(row.owner, 0), _aware(started) if started else never, _aware(row.created_at))
+
+    return min(queued, key=turn).id
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes; every time here is UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def claim_job(session: Session, *, job_id: str, worker: str, stale_after_s: float) -> Claim | None:

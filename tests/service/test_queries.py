@@ -177,3 +177,31 @@ def test_an_admins_choice_of_model_survives_a_restart(settings, sessions, tmp_pa
     prepare_database(bundled)  # the admin's model retired: the best bundled one serves again
     with sessions() as session:
         assert queries.active_checkpoint(session, dataset="perov_5").name == "better"
+
+
+def test_a_flood_from_one_key_does_not_starve_another(settings, sessions, checkpoint):
+    from worker.jobs import run_design
+
+    def job_of(owner: str) -> str:
+        with sessions() as session:
+            job = queries.create_job(session, checkpoint=session.get(Checkpoint, checkpoint.sha256),
+                                     request={"target": 1.0, "num_samples": 1, "num_atoms": None,
+                                              "elements": None, "guidance": 0.0, "steps": 2, "seed": 0},
+                                     warnings=[], owner=owner)
+            session.commit()
+            return job.id
+
+    flood = [job_of("flooder") for _ in range(4)]
+    small = job_of("other")  # submitted last, its message at the back of the queue
+    # The broker delivers the flood's messages first; each runs the fairest queued job.
+    assert run_design(flood[0], settings=settings, sessions=sessions) == "succeeded"
+    assert run_design(flood[1], settings=settings, sessions=sessions) == "succeeded"
+    with sessions() as session:
+        status = {job_id: session.get(Job, job_id).status for job_id in [*flood, small]}
+    assert status[small] == "succeeded" and status[flood[0]] == "succeeded"
+    assert [status[j] for j in flood[1:]] == ["queued"] * 3
+    # A message whose job already ran still runs the next one, so every job gets its turn.
+    for message in [small, *flood[1:]]:
+        run_design(message, settings=settings, sessions=sessions)
+    with sessions() as session:
+        assert all(session.get(Job, j).status == "succeeded" for j in [*flood, small])
