@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -383,3 +384,54 @@ def long_running_model(sessions, tiny_checkpoint: Path, tmp_path: Path) -> Itera
         yield register_checkpoint(sessions, path).name
     finally:
         register_checkpoint(sessions, tiny_checkpoint)  # active again for the module's other tests
+
+
+class EmbeddedServer:
+    """`xtaldiff serve` in embedded mode (SQLite, file broker, worker child) in a subprocess of
+    its own session, with the given checkpoints bundled, the oracle off and fast timings."""
+
+    def __init__(self, folder: Path, checkpoints: list[Path], **environment: str) -> None:
+        port = free_port()
+        env = {**os.environ, "XTALDIFF_BUNDLED_CHECKPOINTS": json.dumps([str(p) for p in checkpoints]),
+               "XTALDIFF_ORACLE": "false", **environment,
+               **{f"XTALDIFF_{k.upper()}": str(v) for k, v in FAST_TIMINGS.items()}}
+        for name in ("XTALDIFF_DATABASE_URL", "XTALDIFF_BROKER_URL"):
+            env.pop(name, None)
+        self.data_dir = folder / "data"
+        self.log_path = folder / "serve.log"
+        self.base = f"http://127.0.0.1:{port}"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from xtaldiff.cli import app; app()", "serve",
+                 "--data-dir", str(self.data_dir), "--port", str(port), "--log-level", "warning"],
+                env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def wait_healthy(self) -> None:
+        import httpx
+
+        def healthy_with_worker():
+            try:
+                return httpx.get(f"{self.base}/health", timeout=5).json()["status"] == "ok"
+            except httpx.HTTPError:
+                assert self.process.poll() is None, self.log_path.read_text()[-3000:]
+                return False
+
+        wait_for(healthy_with_worker, timeout=120, what="the embedded service")
+
+    def stop(self, sig: int = signal.SIGINT) -> float:
+        """Send ``sig``, wait for serve to exit and for every process of its session to go
+        (the worker child and its beat); returns the seconds serve took to exit."""
+        started = time.monotonic()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            self.process.wait(60)
+        finally:
+            took = time.monotonic() - started
+            wait_for(self.session_empty, timeout=30, what="the worker processes to exit")
+        return took
+
+    def session_empty(self) -> bool:
+        found = subprocess.run(["pgrep", "-s", str(self.process.pid)], capture_output=True, text=True)
+        return found.stdout.strip() == ""

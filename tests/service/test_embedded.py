@@ -2,47 +2,22 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import warnings
 
 import httpx
 
-from tests.service.conftest import FAST_TIMINGS, free_port, parse_bundle_cifs, wait_for
+from tests.service.conftest import EmbeddedServer, parse_bundle_cifs, wait_for
 from xtaldiff.client import Client
-from xtaldiff.settings import REPO_ROOT
 
 
 def test_embedded_serve_designs_perovskites_end_to_end(tmp_path, tiny_checkpoint):
-    port = free_port()
-    env = {**os.environ, "XTALDIFF_BUNDLED_CHECKPOINTS": json.dumps([str(tiny_checkpoint)]),
-           "XTALDIFF_ORACLE": "false",
-           **{f"XTALDIFF_{k.upper()}": str(v) for k, v in FAST_TIMINGS.items()}}
-    for name in ("XTALDIFF_DATABASE_URL", "XTALDIFF_BROKER_URL"):
-        env.pop(name, None)
-    log = open(tmp_path / "serve.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-c", "from xtaldiff.cli import app; app()", "serve",
-         "--data-dir", str(tmp_path / "data"),
-         "--port", str(port), "--log-level", "warning"],
-        env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    server = EmbeddedServer(tmp_path, [tiny_checkpoint])
+    base = server.base
     try:
-        def healthy_with_worker():
-            try:
-                body = httpx.get(f"{base}/health", timeout=5).json()
-            except httpx.HTTPError:
-                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                return None
-            return body["status"] == "ok"
-
-        wait_for(healthy_with_worker, timeout=120, what="the embedded service")
-        assert (tmp_path / "data" / "xtaldiff.db").is_file()
-        assert (tmp_path / "data" / "broker.db").is_file()
+        server.wait_healthy()
+        assert (server.data_dir / "xtaldiff.db").is_file()
+        assert (server.data_dir / "broker.db").is_file()
         models = httpx.get(f"{base}/models").json()
         assert [(m["dataset"], m["active"]) for m in models] == [("perov_5", True)]
         response = httpx.post(f"{base}/design", json={"dataset": "perov_5", "target": 1.0,
@@ -62,69 +37,28 @@ def test_embedded_serve_designs_perovskites_end_to_end(tmp_path, tiny_checkpoint
             assert all(s.properties["formula"] == s.composition.reduced_formula for s in designed)
             assert client.job(job["id"])["status"] == "succeeded"
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(60)
-        log.close()
-    # The worker child (and its beat process) went down with the server.
-    def session_empty():
-        found = subprocess.run(["pgrep", "-s", str(server.pid)], capture_output=True, text=True)
-        return found.stdout.strip() == ""
-
-    wait_for(session_empty, timeout=30, what="the worker processes to exit")
+        server.stop(signal.SIGINT)  # the worker child (and its beat process) go down with it
 
 
 def test_sigterm_stops_the_server_and_its_worker_while_a_job_runs(tmp_path):
     """What `docker stop`, systemd and `kill` send: the worker child stops with serve, and the
     running job goes back to the queue instead of running on or being lost."""
-    import time
-
     from model.diffusion import DiffusionConfig
     from tests.conftest import tiny_checkpoint_file
+    from xtaldiff import db, queries
 
     long_model = tiny_checkpoint_file(tmp_path / "long.safetensors", seed=3,
                                       diffusion=DiffusionConfig(timesteps=1000, lambda_draws=1000))
-    port = free_port()
-    env = {**os.environ, "XTALDIFF_BUNDLED_CHECKPOINTS": json.dumps([str(long_model)]),
-           "XTALDIFF_ORACLE": "false",
-           **{f"XTALDIFF_{k.upper()}": str(v) for k, v in FAST_TIMINGS.items()}}
-    for name in ("XTALDIFF_DATABASE_URL", "XTALDIFF_BROKER_URL"):
-        env.pop(name, None)
-    with open(tmp_path / "serve.log", "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-c", "from xtaldiff.cli import app; app()", "serve",
-             "--data-dir", str(tmp_path / "data"), "--port", str(port), "--log-level", "warning"],
-            env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            def healthy_with_worker():
-                try:
-                    return httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok"
-                except httpx.HTTPError:
-                    assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                    return None
-
-            wait_for(healthy_with_worker, timeout=120, what="the embedded service")
-            job = httpx.post(f"{base}/design", json={"dataset": "perov_5", "target": 1.0,
-                                                     "num_samples": 1000, "steps": 1000}).json()
-            wait_for(lambda: httpx.get(f"{base}/jobs/{job['id']}").json()["progress"]["done"] > 0,
-                     timeout=120, what="the job to run")
-            stopped_at = time.monotonic()
-            server.send_signal(signal.SIGTERM)
-            server.wait(60)
-            took = time.monotonic() - stopped_at
-        finally:
-            if server.poll() is None:
-                os.killpg(server.pid, signal.SIGKILL)
-
-    def session_empty():
-        found = subprocess.run(["pgrep", "-s", str(server.pid)], capture_output=True, text=True)
-        return found.stdout.strip() == ""
-
-    wait_for(session_empty, timeout=30, what="the worker processes to exit")
+    server = EmbeddedServer(tmp_path, [long_model])
+    try:
+        server.wait_healthy()
+        job = httpx.post(f"{server.base}/design", json={"dataset": "perov_5", "target": 1.0,
+                                                        "num_samples": 1000, "steps": 1000}).json()
+        wait_for(lambda: httpx.get(f"{server.base}/jobs/{job['id']}").json()["progress"]["done"] > 0,
+                 timeout=120, what="the job to run")
+    finally:
+        took = server.stop(signal.SIGTERM)
     assert took < 15, f"serve took {took:.0f} s to stop"
-    from xtaldiff import db, queries
-
-    with db.session_factory(f"sqlite:///{tmp_path / 'data' / 'xtaldiff.db'}")() as session:
+    with db.session_factory(f"sqlite:///{server.data_dir / 'xtaldiff.db'}")() as session:
         interrupted = queries.get_job(session, job_id=job["id"])
         assert interrupted.status == "queued" and interrupted.enqueued_at is None  # the sweep resends it

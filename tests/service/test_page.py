@@ -9,9 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import FAST_TIMINGS, free_port, wait_for
+from tests.service.conftest import EmbeddedServer
 from xtaldiff.settings import REPO_ROOT
 
 API_KEY = "page-test-key-0123456789"
@@ -49,39 +46,13 @@ needs_browser = pytest.mark.skipif(MISSING_BROWSER is not None, reason=MISSING_B
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_checkpoint) -> Iterator[str]:
     """`xtaldiff serve` with the tiny model, no oracle and one API key; its base URL."""
-    tmp = tmp_path_factory.mktemp("page")
-    port = free_port()
-    env = {**os.environ, "XTALDIFF_BUNDLED_CHECKPOINTS": json.dumps([str(tiny_checkpoint)]),
-           "XTALDIFF_ORACLE": "false", "XTALDIFF_API_KEYS": json.dumps([API_KEY]),
-           **{f"XTALDIFF_{k.upper()}": str(v) for k, v in FAST_TIMINGS.items()}}
-    for name in ("XTALDIFF_DATABASE_URL", "XTALDIFF_BROKER_URL"):
-        env.pop(name, None)
-    log_path = tmp / "serve.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-c", "from xtaldiff.cli import app; app()", "serve",
-             "--data-dir", str(tmp / "data"), "--port", str(port), "--log-level", "warning"],
-            env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
+    embedded = EmbeddedServer(tmp_path_factory.mktemp("page"), [tiny_checkpoint],
+                              XTALDIFF_API_KEYS=json.dumps([API_KEY]))
     try:
-        def healthy_with_worker():
-            try:
-                return httpx.get(f"{base}/health", timeout=5).json()["status"] == "ok"
-            except httpx.HTTPError:
-                assert server.poll() is None, log_path.read_text()[-3000:]
-                return False
-
-        wait_for(healthy_with_worker, timeout=120, what="the embedded service")
-        yield base
+        embedded.wait_healthy()
+        yield embedded.base
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(60)
-    # The worker child (and its beat process) went down with the server.
-    wait_for(lambda: subprocess.run(["pgrep", "-s", str(server.pid)],
-                                    capture_output=True).stdout == b"",
-             timeout=30, what="the worker processes to exit")
+        embedded.stop()
 
 
 def test_page_and_everything_it_loads_come_from_the_server(server):
