@@ -15,7 +15,7 @@ from xtaldiff.settings import Settings
 
 
 # Dependencies that do no I/O are async: FastAPI would run plain functions in its threadpool.
-async def get_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -42,7 +42,7 @@ def _digest(secret: str) -> bytes:
 
 
 async def get_owner(
-    request: Request, settings: Annotated[Settings, Depends(get_settings)]
+    request: Request, settings: Annotated[Settings, Depends(app_settings)]
 ) -> str | None:
     """The caller's key (hashed) when API keys are on, else None (every job is visible)."""
     if not settings.api_keys:
@@ -83,14 +83,14 @@ def admin_refusal(settings: Settings, authorization: str | None) -> HTTPExceptio
 
 
 async def require_admin(
-    request: Request, settings: Annotated[Settings, Depends(get_settings)]
+    request: Request, settings: Annotated[Settings, Depends(app_settings)]
 ) -> None:
     refusal = admin_refusal(settings, request.headers.get("authorization"))
     if refusal is not None:
         raise refusal
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 OwnerDep = Annotated[str | None, Depends(get_owner)]
