@@ -34,6 +34,10 @@ from model.diffusion import DiffusionConfig, LossTerms, Schedule, diffusion_loss
 from model.network import Denoiser, DenoiserConfig
 
 
+class ResumeError(ValueError):
+    """A run cannot resume as asked; the message says why and what to do."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     dataset: str
@@ -123,7 +127,7 @@ def warm_start(path: Path, net, ema, dataset: str, vocab_z: list[int], steps_per
     """Load a checkpoint's EMA weights into `net` and `ema`; the record resumes at its epoch."""
     meta = read_metadata(path)
     if meta["dataset"] != dataset or meta["network"] != json.loads(json.dumps(asdict(net.config))):
-        raise ValueError(f"--resume: {path} is a {meta['dataset']} model of another shape; it cannot seed this run")
+        raise ResumeError(f"--resume: {path} is a {meta['dataset']} model of another shape; it cannot seed this run")
     trained = load_model(path, device="cpu")
     net.load_state_dict(trained.denoiser.state_dict())
     ema.load_state_dict(trained.denoiser.state_dict())
@@ -173,11 +177,11 @@ def train(
     if resume and path.exists():
         state = torch.load(path, map_location=device, weights_only=True)
         if not same_run(config_record(config), state["config"]):
-            raise ValueError(f"--resume: {path} was trained with a different configuration: {state['config']}")
+            raise ResumeError(f"--resume: {path} was trained with a different configuration: {state['config']}")
         net.load_state_dict(state["net"])
         # The EMA lives only in the checkpoint (it would make the state a third larger).
         if not out.exists() or file_sha256(out) != state["checkpoint_sha256"]:
-            raise ValueError(f"--resume: {out} is not the checkpoint written with {path}; resume needs both")
+            raise ResumeError(f"--resume: {out} is not the checkpoint written with {path}; resume needs both")
         ema.load_state_dict(
             {k: v for k, v in load_file(out, device=str(device)).items() if not k.startswith(SCHEDULE_PREFIX)}
         )
@@ -191,7 +195,7 @@ def train(
         try:
             record = warm_start(out, net, ema, config.dataset, vocab_z, steps_per_epoch)
         except CheckpointError as exc:
-            raise ValueError(f"--resume: {exc}") from exc
+            raise ResumeError(f"--resume: {exc}") from exc
         log(f"--resume: no training state at {path}; warm-starting from the EMA weights of {out} "
             f"(epoch {record['epochs']}, fresh optimizer)")
 

@@ -62,3 +62,17 @@ def test_missing_checkpoint_and_unknown_dataset_are_one_line_errors(tmp_path):
                              capture_output=True, text=True)
     assert unknown.returncode != 0 and "perov_6" in unknown.stderr and "Traceback" not in unknown.stderr
     assert len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
+
+
+def test_train_resume_errors_are_one_line(tmp_path, tiny_checkpoint):
+    def train(*args):
+        return subprocess.run([sys.executable, "-m", "xtaldiff", "train", "--dataset", "perov_5", "--resume",
+                               "--state-dir", str(tmp_path / "states"), *args], capture_output=True, text=True)
+
+    nothing = train("--out", str(tmp_path / "none.safetensors"))
+    assert nothing.returncode == 2 and "neither a training state" in nothing.stderr
+    # The tiny checkpoint's network is not the paper-size one this command would train.
+    other_shape = train("--out", str(tiny_checkpoint), "--epochs", "1")
+    assert other_shape.returncode == 2 and "of another shape" in other_shape.stderr
+    for result in (nothing, other_shape):
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -94,7 +94,7 @@ def train(
     freqs: Annotated[int, typer.Option(min=1, help="Fourier frequencies of psi_FT.")] = 32,
 ) -> None:
     """Train a conditional diffusion model; the checkpoint is rewritten after every epoch."""
-    from model.training import TrainConfig, default_state_dir
+    from model.training import ResumeError, TrainConfig, default_state_dir
     from model.training import train as run_training
 
     out = out or Path("checkpoints") / f"{dataset.value}_{cond.value}.safetensors"
@@ -107,7 +107,7 @@ def train(
         try:
             record = run_training(config, out, resume=resume, state_dir=state_dir or default_state_dir(),
                                   log=lambda line: typer.echo(line, err=True))
-        except ValueError as exc:
+        except ResumeError as exc:
             raise fail(str(exc)) from None
     typer.echo(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
 
