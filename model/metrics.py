@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from pymatgen.core import Element, Structure
 
-MIN_DISTANCE = 0.5  # A
+MIN_DISTANCE = 0.5  # A, shortest periodic distance, own images included
 MIN_VOLUME = 0.1  # A^3
 PERCENTILES = (5, 10, 15)
 # CDVAE's hard-coded success thresholds (its 5th/10th/15th training percentiles), lower is better.

@@ -24,11 +24,12 @@ from multiprocessing.connection import Connection, wait
 import numpy as np
 from pymatgen.core import Lattice, Structure
 
+from model.metrics import MIN_DISTANCE  # CDVAE's validity cut, also the oracle's
+
 # Guard thresholds. The training sets span 5.4-202 A^3 per atom and at most 16 CrystalNN bonds
 # per atom; the bounds are far outside that, so they only catch structures on which CrystalNN is
 # pathologically slow or the predictor extrapolates wildly (a 2 A^3/atom cell of an untrained
 # model's was "predicted" at -12,586 eV, which would count as a success).
-MIN_DISTANCE = 0.5  # A, shortest periodic distance, own images included (CDVAE's validity cut)
 MIN_VOLUME_PER_ATOM = 2.5  # A^3, under half the densest training structure (diamond, 5.4)
 MAX_VOLUME_PER_ATOM = 1000.0  # A^3
 MAX_SITES = 200
