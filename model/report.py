@@ -296,7 +296,7 @@ def run_evaluation(
         "success_rates": success,
         "validity": {
             "structural": float(np.mean([v.structural for v in validities])),
-            "compositional": float(np.mean([v.compositional for v in validities])),
+            "compositional": float(np.mean([v.compositional is True for v in validities])),
             "both": float(np.mean([v.valid for v in validities])),
         },
         "oracle_failures": len(unpredicted),

@@ -133,3 +133,25 @@ def test_conditioning_error_ignores_but_counts_failures():
 def test_metrics_on_empty_sets():
     assert metrics.success_rates([], [0.0]) == [0.0]
     assert metrics.uniqueness([]).fraction == 0.0
+
+
+def test_worker_evaluate_and_predict_judge_a_structure_alike_even_past_ten_elements():
+    from pymatgen.core import Lattice, Structure
+
+    from model.metrics import validity
+    from worker.evaluate import evaluate
+
+    symbols = ["Li", "Na", "K", "Mg", "Ca", "Sr", "Ba", "Ti", "Zr", "Nb", "O"]  # 11 elements
+    many = Structure(Lattice.cubic(12.0), symbols, [[i / 11, (3 * i % 11) / 11, 0.5] for i in range(11)])
+    perovskite = Structure(Lattice.cubic(4.0), ["Ba", "Ti", "O", "O", "O"],
+                           [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    for structure in (many, perovskite):
+        checks = validity(structure)
+        row = {}
+        evaluate([structure], [row], dataset="perov_5", oracle=False)
+        assert (row["valid_structure"], row["valid_composition"], row["invalid_reason"]) == (
+            checks.structural, checks.compositional, checks.reason)
+    unchecked = validity(many)
+    assert unchecked.compositional is None and not unchecked.valid
+    assert "composition not checked: 11 distinct elements" in unchecked.reason
+    assert validity(perovskite).valid

@@ -5,30 +5,18 @@ from __future__ import annotations
 import logging
 
 log = logging.getLogger(__name__)
-# SMACT's oxidation-state search (model.metrics.compositional_problem) is exponential in the
-# number of distinct elements: 12 take about 9 s here, 20 would never finish. Beyond this a
-# composition is left unchecked rather than stall the job.
-MAX_ELEMENTS_CHECKED = 10
 
 
 def evaluate(structures, rows: list[dict], *, dataset: str, oracle: bool,
              oracle_workers: int = 1) -> None:
     """Fill the validity and prediction columns of ``rows`` (one per structure)."""
-    from model.metrics import compositional_problem, structural_problem
+    from model.metrics import validity
 
     for row, structure in zip(rows, structures, strict=True):
-        structural = structural_problem(structure)
-        distinct = len(structure.composition.elements)
-        if distinct > MAX_ELEMENTS_CHECKED:
-            composition_valid = None
-            compositional = (f"composition not checked: {distinct} distinct elements (at most "
-                             f"{MAX_ELEMENTS_CHECKED} are)")
-        else:
-            compositional = compositional_problem(structure)
-            composition_valid = compositional is None
-        row["valid_structure"] = structural is None
-        row["valid_composition"] = composition_valid
-        row["invalid_reason"] = "; ".join(r for r in (structural, compositional) if r) or None
+        checks = validity(structure)
+        row["valid_structure"] = checks.structural
+        row["valid_composition"] = checks.compositional
+        row["invalid_reason"] = checks.reason
     if oracle:
         predict(structures, rows, dataset=dataset, oracle_workers=oracle_workers)
     else:
