@@ -10,7 +10,7 @@ import zipfile
 from collections.abc import Sequence
 
 from api.views import job_out, structure_brief
-from xtaldiff.tables import Job, Structure
+from xtaldiff.tables import Job, StructureRow
 
 CSV_COLUMNS = (
     "index", "formula", "full_formula", "num_atoms", "space_group", "space_group_number",
@@ -19,12 +19,12 @@ CSV_COLUMNS = (
 )
 
 
-def cif_name(structure: Structure, *, p1: bool = False) -> str:
+def cif_name(structure: StructureRow, *, p1: bool = False) -> str:
     formula = re.sub(r"[^A-Za-z0-9]", "", structure.reduced_formula)
     return f"{structure.index:04d}_{formula}{'_P1' if p1 else ''}.cif"
 
 
-def build_bundle(job: Job, structures: Sequence[Structure]) -> bytes:
+def build_bundle(job: Job, structures: Sequence[StructureRow]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for structure in structures:
@@ -36,7 +36,7 @@ def build_bundle(job: Job, structures: Sequence[Structure]) -> bytes:
     return buffer.getvalue()
 
 
-def _csv(structures: Sequence[Structure]) -> str:
+def _csv(structures: Sequence[StructureRow]) -> str:
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(CSV_COLUMNS)

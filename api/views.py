@@ -18,7 +18,7 @@ from api.schemas import (
 )
 from xtaldiff.checkpoint_file import default_guidance
 from xtaldiff.states import JobStatus
-from xtaldiff.tables import Checkpoint, Job, Structure
+from xtaldiff.tables import Checkpoint, Job, StructureRow
 
 
 def job_links(job_id: str) -> dict[str, Link]:
@@ -40,7 +40,7 @@ def structure_links(job_id: str, index: int) -> dict[str, Link]:
     }
 
 
-def structure_brief(structure: Structure) -> StructureBrief:
+def structure_brief(structure: StructureRow) -> StructureBrief:
     return StructureBrief(
         index=structure.index, formula=structure.reduced_formula,
         num_atoms=structure.num_atoms, space_group=structure.space_group_symbol,
@@ -49,7 +49,7 @@ def structure_brief(structure: Structure) -> StructureBrief:
     )
 
 
-def structure_detail(structure: Structure) -> StructureDetail:
+def structure_detail(structure: StructureRow) -> StructureDetail:
     return StructureDetail(
         **structure_brief(structure).model_dump(exclude={"links"}),
         links=structure_links(structure.job_id, structure.index),
@@ -65,7 +65,7 @@ def structure_detail(structure: Structure) -> StructureDetail:
     )
 
 
-def job_out(job: Job, structures: Sequence[Structure]) -> JobOut:
+def job_out(job: Job, structures: Sequence[StructureRow]) -> JobOut:
     done, total = job.progress_done, job.progress_total
     fraction = 1.0 if job.status == JobStatus.succeeded else (done / total if total else 0.0)
     end = job.finished_at

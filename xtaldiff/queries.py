@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from xtaldiff.checkpoint_file import CheckpointFile
 from xtaldiff.states import CheckpointStatus, JobStatus
-from xtaldiff.tables import Checkpoint, CheckpointBlob, Job, Structure, Worker, utcnow
+from xtaldiff.tables import Checkpoint, CheckpointBlob, Job, StructureRow, Worker, utcnow
 
 # --- checkpoints ----------------------------------------------------------------------------
 
@@ -260,7 +260,7 @@ def finish_job(
     if result.rowcount != 1:
         session.rollback()
         return False
-    session.add_all(Structure(job_id=job_id, index=k, **row) for k, row in enumerate(structures))
+    session.add_all(StructureRow(job_id=job_id, index=k, **row) for k, row in enumerate(structures))
     session.commit()
     return True
 
@@ -349,23 +349,23 @@ def job_counts(session: Session) -> dict[str, int]:
 
 
 def _structures_of(job_id: str) -> Select:
-    return select(Structure).where(Structure.job_id == job_id).order_by(Structure.index)
+    return select(StructureRow).where(StructureRow.job_id == job_id).order_by(StructureRow.index)
 
 
 def list_structures(session: Session, *, job_id: str, offset: int = 0,
-                    limit: int | None = None) -> Sequence[Structure]:
+                    limit: int | None = None) -> Sequence[StructureRow]:
     return session.scalars(_structures_of(job_id).offset(offset).limit(limit)).all()
 
 
 def count_structures(session: Session, *, job_id: str) -> int:
     return session.scalar(
-        select(func.count()).select_from(Structure).where(Structure.job_id == job_id)
+        select(func.count()).select_from(StructureRow).where(StructureRow.job_id == job_id)
     )
 
 
-def get_structure(session: Session, *, job_id: str, index: int) -> Structure | None:
+def get_structure(session: Session, *, job_id: str, index: int) -> StructureRow | None:
     return session.scalar(
-        select(Structure).where(Structure.job_id == job_id, Structure.index == index)
+        select(StructureRow).where(StructureRow.job_id == job_id, StructureRow.index == index)
     )
 
 

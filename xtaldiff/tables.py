@@ -137,14 +137,14 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
-    structures: Mapped[list[Structure]] = relationship(
-        back_populates="job", order_by="Structure.index", passive_deletes=True
+    structures: Mapped[list[StructureRow]] = relationship(
+        back_populates="job", order_by="StructureRow.index", passive_deletes=True
     )
 
     __table_args__ = (Index("ix_jobs_status_enqueued_at", "status", "enqueued_at"),)
 
 
-class Structure(Base):
+class StructureRow(Base):
     __tablename__ = "structures"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -13,7 +13,7 @@ from xtaldiff import queries
 from xtaldiff.broker import create_celery
 from xtaldiff.states import JobStatus
 from xtaldiff.summary import summarize
-from xtaldiff.tables import Checkpoint, Job, Structure, utcnow
+from xtaldiff.tables import Checkpoint, Job, StructureRow, utcnow
 
 ROW = dict(formula="Ba1 Ti1 O3", reduced_formula="BaTiO3", num_atoms=5, a=4.0, b=4.0, c=4.0,
            alpha=90.0, beta=90.0, gamma=90.0, volume=64.0, space_group_symbol="Pm-3m",
@@ -44,8 +44,8 @@ def finish(sessions, job_id, attempt, n=3) -> bool:
 
 def structure_count(sessions, job_id) -> int:
     with sessions() as session:
-        return session.scalar(select(func.count()).select_from(Structure)
-                              .where(Structure.job_id == job_id))
+        return session.scalar(select(func.count()).select_from(StructureRow)
+                              .where(StructureRow.job_id == job_id))
 
 
 def age_heartbeat(sessions, job_id, seconds: float) -> None:

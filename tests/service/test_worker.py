@@ -19,7 +19,7 @@ from tests.service.conftest import (
 )
 from xtaldiff import db
 from xtaldiff.serve import register_checkpoint
-from xtaldiff.tables import Job, Structure
+from xtaldiff.tables import Job, StructureRow
 
 
 def test_end_to_end_submit_run_poll_download_parse(stack):
@@ -107,8 +107,8 @@ def test_worker_killed_mid_job_is_redelivered_and_finishes_once(tmp_path, tiny_c
                 job = wait_job(client, job_id, status="succeeded", timeout=180)
             assert len(job["structures"]) == 32
             with sessions() as session:
-                rows = session.scalar(select(func.count()).select_from(Structure)
-                                      .where(Structure.job_id == job_id))
+                rows = session.scalar(select(func.count()).select_from(StructureRow)
+                                      .where(StructureRow.job_id == job_id))
                 finished = session.get(Job, job_id)
             assert rows == 32
             assert finished.attempt >= 2 and finished.worker != killed
