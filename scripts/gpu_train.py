@@ -6,13 +6,16 @@ One command for a lent GPU machine with no network (see scripts/gpu_run.sh for t
         --run perov_5:cdi:400:1024 --run perov_5:cds:400:1024 --guidance 0,0.5,1,2
 
 Each --run is dataset:conditioning:epochs:batch_size, trained in its own process with
-`--max-minutes`; checkpoints go to OUT/<dataset>_<cond>.safetensors and the resume state to
-OUT/state/, both written every few epochs, so a command cut off at its limit still leaves them.
-A run whose state or checkpoint is already in OUT resumes. `--checkpoint PATH` (repeatable)
-adds a trained model to sample without training it. Then, for each model and each
-guidance scale, n structures at the training minimum are sampled and written as
-OUT/samples/<model>_w<w>.csv.gz (a `cif` column) with a JSON sidecar (checkpoint sha256, seed,
-steps, device, seconds), to be scored on the CPU with `xtaldiff evaluate --samples`.
+`--max-minutes`; checkpoints go to OUT/<dataset>_<cond>.safetensors (written every few epochs,
+so a command cut off at its limit still leaves one) with the training curve beside it
+(<name>.history.json: validation loss, LR and seconds per epoch against steps). The resume
+state (15-21 MB a model) goes to --state-dir, outside OUT by default: the device tool brings
+back only a few files of at most 16 MB. A run whose state or checkpoint is there resumes.
+`--checkpoint PATH` (repeatable) adds a trained model to sample without training it. Then,
+for each model and guidance scale, n structures at the training minimum are sampled and
+written as samples/<model>_w<w>.csv.gz with a JSON sidecar (checkpoint sha256, seed, steps,
+device, seconds), packed into OUT/samples.tgz, to be scored on the CPU with
+`xtaldiff evaluate --samples`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import shutil
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -35,14 +40,16 @@ def parse_run(text: str) -> tuple[str, str, int, int]:
         raise argparse.ArgumentTypeError(f"--run {text!r}: expected dataset:cond:epochs:batch_size") from None
 
 
-def train_one(run: tuple, out_dir: Path, minutes: float, lr: float, warmup: int, eval_every: int) -> None:
+def train_one(run: tuple, out_dir: Path, state_dir: Path, minutes: float, lr: float, warmup: int,
+              eval_every: int) -> None:
     from model.training import TrainConfig, train
 
     dataset, cond, epochs, batch = run
     out = out_dir / f"{dataset}_{cond}.safetensors"
     config = TrainConfig(dataset=dataset, conditioning=cond, epochs=epochs, batch_size=batch, lr=lr,
                          warmup_steps=warmup, eval_every=eval_every, max_minutes=minutes)
-    record = train(config, out, resume=out.exists(), state_dir=out_dir / "state", show_progress=False)
+    record = train(config, out, resume=out.exists(), state_dir=state_dir, show_progress=False)
+    (out_dir / f"{out.stem}.history.json").write_text(json.dumps(record["history"], indent=1))
     print(json.dumps({"run": out.stem, **{k: v for k, v in record.items() if k != "history"}}), flush=True)
 
 
@@ -76,6 +83,7 @@ def main() -> None:
     parser.add_argument("--run", type=parse_run, action="append", default=[])
     parser.add_argument("--checkpoint", type=Path, action="append", default=[], help="sample only, no training")
     parser.add_argument("--minutes", type=float, default=0, help="training wall time per run")
+    parser.add_argument("--state-dir", type=Path, default=Path("/tmp/xtaldiff-state"))
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup-steps", type=int, default=500)
     parser.add_argument("--eval-every", type=int, default=10)
@@ -90,8 +98,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     context = multiprocessing.get_context("spawn")
-    trainers = [context.Process(target=train_one, args=(run, args.out, args.minutes, args.lr, args.warmup_steps,
-                                                        args.eval_every)) for run in args.run]
+    trainers = [context.Process(target=train_one, args=(run, args.out, args.state_dir, args.minutes, args.lr,
+                                                        args.warmup_steps, args.eval_every))
+                for run in args.run]
     for process in trainers:
         process.start()
     for process in trainers:
@@ -105,6 +114,11 @@ def main() -> None:
         process.start()
     for process in samplers:
         process.join()
+    samples = args.out / "samples"
+    if samples.is_dir():
+        with tarfile.open(args.out / "samples.tgz", "w:gz") as archive:
+            archive.add(samples, arcname="samples")
+        shutil.rmtree(samples)
     failed = [p.exitcode for p in trainers + samplers if p.exitcode]
     sys.exit(1 if failed else 0)
 
