@@ -181,7 +181,7 @@ def test_default_guidance_is_the_best_sr5_that_keeps_200_distinct_formulas_per_1
 
 
 def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_checkpoint, tmp_path):
-    from model.checkpoint import load_model, read_metadata
+    from model.checkpoint import file_sha256, load_model, read_metadata
     from model.data import load_split
     from model.report import write_samples
     from model.sampling import design
@@ -212,6 +212,8 @@ def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_
     assert metrics["n"] == 4 and metrics["evaluated_sha256"] == model.sha256
     assert [row["guidance"] for row in metrics["sweep"]] == [0.0, 1.0]
     assert metrics["at_default_guidance"]["guidance"] == 1.0
+    backs = json.loads((reports[0] / "checkpoint.json").read_text())
+    assert backs["sha256"] == file_sha256(checkpoint) and backs["evaluated_sha256"] == model.sha256
 
     # The header changed, so the file's sha256 did; the same reports are still accepted.
     again = run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports), "--default-guidance", "0")

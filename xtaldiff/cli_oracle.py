@@ -272,6 +272,13 @@ def record_evaluation(
     meta["metrics"] = evaluation_record(loaded, default_guidance)
     meta["sampling"]["default_guidance"] = default_guidance
     rewrite_metadata(checkpoint, meta)
+    # The header changed, so the file's sha256 did: each report says which file it now backs.
+    backs = {"checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint),
+             "evaluated_sha256": meta["metrics"]["evaluated_sha256"],
+             "note": "record-evaluation rewrote the header; the weights are the ones evaluated"}
+    for folder in reports:
+        (folder if folder.is_dir() else folder.parent).joinpath("checkpoint.json").write_text(
+            json.dumps(backs, indent=2) + "\n")
     at = meta["metrics"]["at_default_guidance"]
     typer.echo(f"{checkpoint}: default guidance {default_guidance:g} (SR5 {at['SR5']:.3f}, "
                f"{at['sr5_distinct_formulas']} distinct SR5 formulas in {meta['metrics']['n']} samples)")
