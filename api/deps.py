@@ -28,9 +28,8 @@ async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, credentials = header.partition(" ")
+def _bearer(authorization: str | None) -> str | None:
+    scheme, _, credentials = (authorization or "").partition(" ")
     if scheme.lower() == "bearer" and credentials:
         return credentials.strip()
     return None
@@ -47,7 +46,7 @@ async def get_owner(
     """The caller's key (hashed) when API keys are on, else None (every job is visible)."""
     if not settings.api_keys:
         return None
-    given = request.headers.get("x-api-key") or _bearer(request)
+    given = request.headers.get("x-api-key") or _bearer(request.headers.get("authorization"))
     if not given:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -69,8 +68,7 @@ def admin_refusal(settings: Settings, authorization: str | None) -> HTTPExceptio
             status.HTTP_403_FORBIDDEN,
             "the admin API is off on this server: set XTALDIFF_ADMIN_TOKEN to turn it on",
         )
-    scheme, _, credentials = (authorization or "").partition(" ")
-    given = credentials.strip() if scheme.lower() == "bearer" and credentials else None
+    given = _bearer(authorization)
     if given is None:
         return HTTPException(
             status.HTTP_401_UNAUTHORIZED,
