@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from api.errors import BadRequest
 from api.schemas import MAX_SEED, DesignRequest
 from xtaldiff import queries
-from xtaldiff.checkpoint_file import default_guidance
+from xtaldiff.checkpoint_file import default_guidance, default_steps
+from xtaldiff.samplers import DEFAULT_SAMPLER
 from xtaldiff.elements import SYMBOLS
 from xtaldiff.settings import Settings
 from xtaldiff.states import CheckpointStatus
@@ -66,6 +67,8 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
     resolved.update(
         model=checkpoint.name, dataset=checkpoint.dataset, elements=elements,
         guidance=request.guidance if request.guidance is not None else default_guidance(meta),
+        steps=request.steps if request.steps is not None else min(default_steps(meta), settings.max_steps),
+        sampler=request.sampler or DEFAULT_SAMPLER,
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
     )
     return DesignPlan(checkpoint, resolved, warnings)

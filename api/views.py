@@ -16,7 +16,7 @@ from api.schemas import (
     StructureDetail,
     Timings,
 )
-from xtaldiff.checkpoint_file import default_guidance
+from xtaldiff.checkpoint_file import default_guidance, default_steps
 from xtaldiff.states import JobStatus
 from xtaldiff.tables import Checkpoint, Job, StructureRow
 
@@ -116,5 +116,6 @@ def _model_fields(checkpoint: Checkpoint) -> dict:
         max_num_atoms=max(int(k) for k in meta["num_atoms"]),
         default_guidance=default_guidance(meta),
         timesteps=meta["diffusion"]["timesteps"],
+        default_steps=default_steps(meta),
         metrics=meta.get("metrics", {}),
     )

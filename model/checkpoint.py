@@ -53,6 +53,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(path: Path) -> str:
+    """sha256 of the tensor bytes only: unchanged when `rewrite_metadata` replaces the header,
+    so reports made before and after a header rewrite name the same weights."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        header_len = int.from_bytes(handle.read(8), "little")
+        handle.seek(8 + header_len)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_checkpoint(path: Path, denoiser: Denoiser, schedule: Schedule, meta: dict) -> None:
     """Write weights and metadata atomically (a crash never leaves a half-written file)."""
     meta = {

@@ -17,6 +17,7 @@ from torch import nn
 
 from model.data import CrystalBatch
 from model.network import DenoiserOutput
+from xtaldiff.samplers import DEFAULT_SAMPLER, SAMPLERS
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], DenoiserOutput]
 
@@ -171,6 +172,18 @@ def sampling_timesteps(timesteps: int, steps: int) -> list[int]:
     return grid.tolist()
 
 
+def corrector_step(schedule: Schedule, t: int, s: int, step_lr: float, sampler: str) -> torch.Tensor:
+    """Langevin step size at level t before the move to s < t: DiffCSP's step_lr * sigma_t^2 / sigma_1^2.
+
+    A strided step leaves level t after t - s levels' worth of noise; "rescaled" multiplies the
+    step by t - s so that the Langevin time spent per noise level is that of T steps (the sum
+    over any grid approximates the sum over all t). Without it, 100 steps give the corrector a
+    tenth of its time, and SR5 and validity drop (perov_5 CDS, n = 1000: SR5 0.852 against 0.891).
+    """
+    stride = t - s if sampler == "rescaled" else 1
+    return stride * step_lr * (schedule.sigma[t] / schedule.sigma[1]) ** 2
+
+
 @torch.inference_mode()
 def reverse_diffusion(
     denoise: Denoise,
@@ -182,13 +195,17 @@ def reverse_diffusion(
     lattice_bound: float,
     generator: torch.Generator,
     progress: Callable[[int, int], None] | None = None,
+    sampler: str = DEFAULT_SAMPLER,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample M_0 = (L, F, A) from the prior by predictor-corrector steps.
 
     atom_mask: (B, N) bool; allowed_classes: (K,) bool, the species the sampler may emit;
-    lattice_bound: Angstrom, the largest |entry| of L_0 the sampler accepts.
+    lattice_bound: Angstrom, the largest |entry| of L_0 the sampler accepts;
+    sampler: a key of SAMPLERS (both are the same sampler at steps == T).
     Returns lattice (B, 3, 3), frac (B, N, 3), species classes (B, N).
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
     B, N = atom_mask.shape
     K = allowed_classes.numel()
     device = atom_mask.device
@@ -208,10 +225,9 @@ def reverse_diffusion(
         sigma_t, sigma_s = schedule.sigma[t], schedule.sigma[s]
         sqrt_lambda = schedule.lambda_t[t].sqrt()
 
-        # Langevin corrector on the coordinates (DiffCSP's annealed step size).
-        if step_lr > 0:
+        if step_lr > 0:  # Langevin corrector on the coordinates
             out = denoise(a, frac, L, t_batch)
-            step = step_lr * (sigma_t / schedule.sigma[1]) ** 2
+            step = corrector_step(schedule, t, s, step_lr, sampler)
             frac = frac + step * out.score_frac * sqrt_lambda + (2 * step).sqrt() * randn(B, N, 3)
             frac = torch.remainder(frac, 1.0)
 

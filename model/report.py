@@ -25,6 +25,7 @@ from pymatgen.core import Lattice, Structure
 
 from model import metrics
 from model.oracle import Oracle, Prediction
+from xtaldiff.samplers import DEFAULT_SAMPLER
 
 # Published success rates SR5 / SR10 / SR15 (evaluation.md), keyed by method then dataset.
 PUBLISHED = {
@@ -49,7 +50,8 @@ class EvaluationSettings:
     checkpoint: str
     n: int = 1000
     target: float | None = None  # None: the training minimum (the paper's protocol)
-    steps: int | None = None
+    steps: int | None = None  # None: T (the paper's protocol), not the model's default_steps
+    sampler: str | None = None  # None: model.diffusion.DEFAULT_SAMPLER
     guidance: float = 0.0
     seed: int = 0
     batch_size: int = 128
@@ -226,7 +228,7 @@ def run_evaluation(
     settings: EvaluationSettings, device: str | None = None, progress: bool = False
 ) -> tuple[dict, list[dict]]:
     """Sample, score and measure. Returns the report (JSON-ready) and one row per sample."""
-    from model.checkpoint import load_model
+    from model.checkpoint import load_model, weights_sha256
     from model.sampling import design
 
     started = time.time()
@@ -236,6 +238,7 @@ def run_evaluation(
     training, training_values = training_structures(dataset)
     target = float(training_values.min()) if settings.target is None else settings.target
     steps = settings.steps or model.schedule.config.timesteps
+    sampler = settings.sampler or DEFAULT_SAMPLER
 
     def sample(n: int, targets: float | list[float], seed: int) -> list[Structure]:
         return design(
@@ -243,7 +246,8 @@ def run_evaluation(
             n=n,
             target=targets,
             guidance=settings.guidance,
-            steps=settings.steps,
+            steps=steps,
+            sampler=sampler,
             seed=seed,
             batch_size=settings.batch_size,
             progress=_step_bar(n) if progress else None,
@@ -259,6 +263,7 @@ def run_evaluation(
         if abs(drawn["target"] - target) > 1e-9:
             raise SamplesError(f"{settings.samples} was drawn for target {drawn['target']}, not {target}")
         sampling_s, sampled_on = drawn.get("sampling_s"), drawn.get("device", "unknown")
+        sampler = drawn.get("sampler", "paper")  # files written before the sampler option drew with it
 
     oracle = Oracle.for_dataset(dataset)
     scoring_started = time.time()
@@ -323,8 +328,10 @@ def run_evaluation(
         "provenance": {
             "checkpoint": str(settings.checkpoint),
             "checkpoint_sha256": model.sha256,
+            "weights_sha256": weights_sha256(Path(settings.checkpoint)),
             "settings": asdict(settings),
             "sampling_steps": steps,
+            "sampler": sampler,
             "device": sampled_on,
             "host": platform.node(),
             "cpu_count": os.cpu_count(),
@@ -503,7 +510,7 @@ def render_markdown(report: dict) -> str:
         "",
         f"- Checkpoint `{provenance['checkpoint']}`, sha256 `{provenance['checkpoint_sha256']}`.",
         f"- n = {report['n']}, seed {provenance['settings']['seed']}, "
-        f"{provenance['sampling_steps']} sampling steps, guidance "
+        f"{provenance['sampling_steps']} sampling steps ({provenance.get('sampler', 'paper')} sampler), guidance "
         f"{provenance['settings']['guidance']}, device {provenance['device']}.",
         "- Wall time (s): " + ", ".join(f"{k} {v}" for k, v in provenance["wall_time_s"].items()) + ".",
     ]
@@ -544,8 +551,41 @@ def choose_default_guidance(reports: Sequence[dict]) -> float:
     return float(best["provenance"]["settings"]["guidance"])
 
 
-def evaluation_record(reports: Sequence[dict], default: float) -> dict:
-    """What a checkpoint's header keeps of its evaluation (GET /models shows it)."""
+STEPS_TOLERANCE = 0.02  # default steps keep SR5 and validity within this of T steps
+
+
+def report_sampler(report: dict, timesteps: int) -> str:
+    """The sampler a report ran; at T steps the samplers coincide, so they share one name."""
+    provenance = report["provenance"]
+    if provenance["sampling_steps"] == timesteps:
+        return DEFAULT_SAMPLER
+    return provenance.get("sampler", "paper")  # reports written before the option ran DiffCSP's sampler
+
+
+def choose_default_steps(reports: Sequence[dict], guidance: float, timesteps: int) -> int:
+    """The fewest steps at which the default sampler, at this guidance, keeps SR5 and validity
+    within STEPS_TOLERANCE of T steps, and so does every measured count above it (T when none does)."""
+    at = {r["provenance"]["sampling_steps"]: r for r in reports
+          if r["provenance"]["settings"]["guidance"] == guidance and report_sampler(r, timesteps) == DEFAULT_SAMPLER}
+    if timesteps not in at:
+        return timesteps
+
+    def quality(report: dict) -> tuple[float, float]:
+        return report["success_rates"]["all_samples_cdvae_thresholds"]["SR5"], report["validity"]["both"]
+
+    sr5_full, valid_full = quality(at[timesteps])
+    chosen = timesteps
+    for steps in sorted(at, reverse=True):
+        sr5, valid = quality(at[steps])
+        if sr5 < sr5_full - STEPS_TOLERANCE or valid < valid_full - STEPS_TOLERANCE:
+            break
+        chosen = steps
+    return chosen
+
+
+def evaluation_record(reports: Sequence[dict], default_guidance: float, default_steps: int, timesteps: int) -> dict:
+    """What a checkpoint's header keeps of its evaluation (GET /models shows it): the guidance
+    sweep at T steps, and the steps curve at the default guidance."""
 
     def summary(report: dict) -> dict:
         rates = report["success_rates"]["all_samples_cdvae_thresholds"]
@@ -558,16 +598,36 @@ def evaluation_record(reports: Sequence[dict], default: float) -> dict:
             "sr5_unique_and_novel": found["unique_and_novel"],
         }
 
-    by_w = {r["provenance"]["settings"]["guidance"]: r for r in reports}
-    first = reports[0]
+    full = {r["provenance"]["settings"]["guidance"]: r for r in reports
+            if r["provenance"]["sampling_steps"] == timesteps}
+    curve = [r for r in reports if r["provenance"]["settings"]["guidance"] == default_guidance]
+    curve.sort(key=lambda r: (-r["provenance"]["sampling_steps"], report_sampler(r, timesteps)))
+    first = full[default_guidance]
     return {
         "protocol": "SR at CDVAE's thresholds, target = training minimum, all samples",
         "n": first["n"],
         "seed": first["provenance"]["settings"]["seed"],
-        "steps": first["provenance"]["sampling_steps"],
+        "steps": timesteps,
         "evaluated_sha256": first["provenance"]["checkpoint_sha256"],
-        "default_guidance": default,
-        "at_w0": summary(by_w[0.0]) if 0.0 in by_w else None,
-        "at_default_guidance": summary(by_w[default]),
-        "sweep": [summary(by_w[w]) for w in sorted(by_w)],
+        "default_guidance": default_guidance,
+        "default_steps": default_steps,
+        "at_w0": summary(full[0.0]) if 0.0 in full else None,
+        "at_default_guidance": summary(first),
+        "sweep": [summary(full[w]) for w in sorted(full)],
+        "steps_curve": [
+            {"steps": r["provenance"]["sampling_steps"], "sampler": report_sampler(r, timesteps), **summary(r),
+             "sampling_s": r["provenance"]["wall_time_s"]["sampling"], "device": r["provenance"]["device"]}
+            for r in curve
+        ],
     }
+
+
+def steps_curve_table(curve: Sequence[dict]) -> str:
+    """The steps curve as a Markdown table, for the terminal and the README."""
+    lines = ["| steps | sampler | SR5 | SR10 | SR15 | valid | distinct SR5 formulas | sampling s (device) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in curve:
+        lines.append(f"| {row['steps']} | {row['sampler']} | {row['SR5']:.3f} | {row['SR10']:.3f} | "
+                     f"{row['SR15']:.3f} | {row['validity']:.3f} | {row['sr5_distinct_formulas']} | "
+                     f"{row['sampling_s']} ({row['device']}) |")
+    return "\n".join(lines)

@@ -11,7 +11,8 @@ from pymatgen.core import Element, Lattice, Structure
 from model.checkpoint import TrainedModel
 from model.diffusion import reverse_diffusion
 from model.network import DenoiserOutput
-from xtaldiff.checkpoint_file import MAX_ATOMS, default_guidance
+from xtaldiff.checkpoint_file import MAX_ATOMS, default_guidance, default_steps
+from xtaldiff.samplers import DEFAULT_SAMPLER, SAMPLERS
 
 
 class DesignError(ValueError):
@@ -81,6 +82,7 @@ def design(
     elements: Sequence[str] | None = None,
     guidance: float | None = None,
     steps: int | None = None,
+    sampler: str | None = None,
     seed: int = 0,
     batch_size: int = 128,
     progress: Callable[[int, int], None] | None = None,
@@ -91,16 +93,21 @@ def design(
     elements: allowed element symbols (None: the whole vocabulary).
     guidance: classifier-free guidance scale (0: the paper's conditional model; None: the
         model's default, `default_guidance`, chosen from its evaluation).
-    steps: reverse steps, evenly strided over T (default T).
+    steps: reverse steps, evenly strided over T (None: the model's `default_steps`, T unless
+        `xtaldiff record-steps` measured fewer to be as good).
+    sampler: a key of model.diffusion.SAMPLERS (None: "rescaled").
     progress(done, total) is called after every reverse step; raise from it to stop.
     The same seed on the same device gives the same structures.
     """
     if not isinstance(n, int) or n < 1:
         raise DesignError(f"n must be a positive integer, got {n!r}")
     T = model.schedule.config.timesteps
-    steps = T if steps is None else steps
+    steps = default_steps(model.meta) if steps is None else steps
     if not isinstance(steps, int) or not 1 <= steps <= T:
         raise DesignError(f"steps must be between 1 and {T}, got {steps!r}")
+    sampler = DEFAULT_SAMPLER if sampler is None else sampler
+    if sampler not in SAMPLERS:
+        raise DesignError(f"sampler must be one of {', '.join(sorted(SAMPLERS))}, got {sampler!r}")
     if guidance is None:
         guidance = default_guidance(model.meta)
     if not math.isfinite(guidance) or guidance < 0:
@@ -147,6 +154,7 @@ def design(
             model.meta["sampling"]["lattice_bound"],
             sampler_rng,
             report,
+            sampler,
         )
         lattice, frac, species = lattice.double().cpu(), frac.double().cpu(), species.cpu()
         for row, i in enumerate(index):

@@ -60,17 +60,21 @@ def sample_one(checkpoint: Path, guidance: float, n: int, steps: int | None, see
     from model.report import write_samples
     from model.sampling import design
 
+    from xtaldiff.samplers import DEFAULT_SAMPLER
+
     model = load_model(checkpoint)
     target = model.meta["property"]["min"]
+    steps = steps or model.schedule.config.timesteps  # the paper's protocol, not the model's default
     started = time.time()
-    structures = design(model, n=n, target=target, guidance=guidance, steps=steps, seed=seed, batch_size=n)
+    structures = design(model, n=n, target=target, guidance=guidance, steps=steps, sampler=DEFAULT_SAMPLER,
+                        seed=seed, batch_size=n)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.time() - started
     name = f"{checkpoint.stem}_w{guidance:g}"
     write_samples(out_dir / f"{name}.csv.gz", structures, {
         "checkpoint": checkpoint.name, "checkpoint_sha256": model.sha256, "seed": seed,
-        "steps": steps or model.schedule.config.timesteps, "guidance": guidance, "target": target,
+        "steps": steps, "sampler": DEFAULT_SAMPLER, "guidance": guidance, "target": target,
         "device": torch.cuda.get_device_name() if model.device.type == "cuda" else "cpu",
         "sampling_s": round(seconds, 1),
     })

@@ -162,11 +162,12 @@ def test_sr5_successes_count_distinct_unique_and_novel():
                      "per_samples": 4}
 
 
-def fake_report(w: float, sr5: float, distinct: int, n: int = 1000) -> dict:
+def fake_report(w: float, sr5: float, distinct: int, n: int = 1000, steps: int = 1000, valid: float = 1.0,
+                sampler: str = "rescaled") -> dict:
     return {
         "n": n, "success_rates": {"all_samples_cdvae_thresholds": {"SR5": sr5, "SR10": sr5, "SR15": sr5}},
-        "sr5_successes": {"distinct_formulas": distinct, "per_samples": n},
-        "provenance": {"settings": {"guidance": w}},
+        "sr5_successes": {"distinct_formulas": distinct, "per_samples": n}, "validity": {"both": valid},
+        "provenance": {"settings": {"guidance": w}, "sampling_steps": steps, "sampler": sampler},
     }
 
 
@@ -180,6 +181,19 @@ def test_default_guidance_is_the_best_sr5_that_keeps_200_distinct_formulas_per_1
     assert choose_default_guidance([fake_report(1.0, 0.9, 10)]) == 0.0
 
 
+def test_default_steps_are_the_fewest_that_keep_sr5_and_validity_within_002_of_t():
+    from model.report import choose_default_steps
+
+    curve = [fake_report(0.0, 0.89, 290), fake_report(0.0, 0.90, 300, steps=250),
+             fake_report(0.0, 0.875, 300, steps=100, valid=0.985), fake_report(0.0, 0.80, 300, steps=50),
+             fake_report(0.0, 0.89, 300, steps=20, sampler="paper"), fake_report(0.5, 0.99, 200, steps=10)]
+    assert choose_default_steps(curve, 0.0, 1000) == 100
+    # Validity counts as much as SR5; a dip stops the search even if fewer steps pass again.
+    assert choose_default_steps([*curve[:2], fake_report(0.0, 0.89, 300, steps=100, valid=0.97)], 0.0, 1000) == 250
+    assert choose_default_steps([curve[0], fake_report(0.0, 0.5, 1, steps=250), curve[2]], 0.0, 1000) == 1000
+    assert choose_default_steps(curve[1:], 0.0, 1000) == 1000  # nothing at T to compare with
+
+
 def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_checkpoint, tmp_path):
     from model.checkpoint import file_sha256, load_model, read_metadata
     from model.data import load_split
@@ -191,15 +205,22 @@ def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_
     model = load_model(checkpoint, "cpu")
     target = float(load_split("perov_5", "train").properties.min())
     reports = []
-    for w in (0.0, 1.0):
-        samples = tmp_path / f"w{w:g}.csv.gz"
-        write_samples(samples, design(model, n=4, target=target, steps=3, seed=0, guidance=w), {
-            "checkpoint_sha256": model.sha256, "seed": 0, "steps": 3, "guidance": w, "target": target,
+    for w, steps, sampler in ((0.0, 50, "rescaled"), (1.0, 50, "rescaled"), (1.0, 10, "rescaled"), (1.0, 5, "paper")):
+        samples = tmp_path / f"w{w:g}_{steps}.csv.gz"
+        # The reports at 10 and 5 steps score the 50-step structures: as good as T by construction,
+        # which is what this test needs of them (the sampler itself is tested in test_sampling.py).
+        write_samples(samples, design(model, n=4, target=target, seed=0, guidance=w), {
+            "checkpoint_sha256": model.sha256, "seed": 0, "steps": steps, "sampler": sampler, "guidance": w,
+            "target": target,
         })
-        reports.append(tmp_path / f"report_w{w:g}")
+        reports.append(tmp_path / f"report_w{w:g}_{steps}")
         result = run("evaluate", "--checkpoint", str(checkpoint), "--out", str(reports[-1]),
                      "--samples", str(samples), "--cond-n", "0")
         assert result.exit_code == 0, result.output
+    duplicate = run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports), str(reports[1]))
+    assert_one_line_error(duplicate, "both measure guidance 1 at 50 steps")
+    no_full = run("record-evaluation", "--checkpoint", str(checkpoint), str(reports[2]))
+    assert_one_line_error(no_full, "no report at T = 50 steps")
 
     unmeasured = run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports),
                      "--default-guidance", "3")
@@ -208,7 +229,11 @@ def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_
     assert result.exit_code == 0, result.output
     meta = read_metadata(checkpoint)
     assert meta["sampling"]["default_guidance"] == 1.0
+    assert meta["sampling"]["default_steps"] == 10  # the 5-step report ran the paper's sampler
+    assert "| 10 | rescaled |" in result.output and "| 5 | paper |" in result.output
     metrics = meta["metrics"]
+    assert [(row["steps"], row["sampler"]) for row in metrics["steps_curve"]] == [
+        (50, "rescaled"), (10, "rescaled"), (5, "paper")]
     assert metrics["n"] == 4 and metrics["evaluated_sha256"] == model.sha256
     assert [row["guidance"] for row in metrics["sweep"]] == [0.0, 1.0]
     assert metrics["at_default_guidance"]["guidance"] == 1.0
@@ -220,10 +245,11 @@ def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_
     assert again.exit_code == 0, again.output
     other = tiny_checkpoint_file(tmp_path / "other.safetensors", seed=4)
     refused = run("record-evaluation", "--checkpoint", str(other), str(reports[0]))
-    assert_one_line_error(refused, "evaluated checkpoint")
+    assert_one_line_error(refused, "evaluated other weights")
 
     run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports), "--default-guidance", "1")
-    designed = run("design", "--checkpoint", str(checkpoint), "--target", "0.5", "-n", "2", "--steps", "2",
+    designed = run("design", "--checkpoint", str(checkpoint), "--target", "0.5", "-n", "2",
                    "--out", str(tmp_path / "designs"))
     assert designed.exit_code == 0, designed.output
-    assert json.loads((tmp_path / "designs" / "summary.json").read_text())["guidance"] == 1.0
+    summary = json.loads((tmp_path / "designs" / "summary.json").read_text())
+    assert (summary["guidance"], summary["steps"], summary["sampler"]) == (1.0, 10, "rescaled")

@@ -1,12 +1,15 @@
-"""Sampling: deterministic with a seed, valid pymatgen structures, element masks, bad arguments."""
+"""Sampling: deterministic with a seed, valid pymatgen structures, element masks, the samplers, bad arguments."""
 
 import math
 
 import pytest
+import torch
 from pymatgen.core import Structure
 
 from model.checkpoint import load_model
+from model.diffusion import DiffusionConfig, Schedule, corrector_step, sampling_timesteps
 from model.sampling import DesignError, design
+from xtaldiff.samplers import SAMPLERS
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +50,37 @@ def test_full_schedule_and_guidance_run(tiny_model):
     assert len(structures) == 2
 
 
-def test_element_mask_is_obeyed(tiny_model):
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_element_mask_is_obeyed(tiny_model, sampler):
     allowed = {"Sr", "Ti", "O"}
     assert allowed <= set(tiny_model.meta["elements"])
-    structures = design(tiny_model, n=6, target=0.5, elements=sorted(allowed), steps=15, seed=3)
+    structures = design(tiny_model, n=6, target=0.5, elements=sorted(allowed), steps=15, seed=3, sampler=sampler)
     assert {el.symbol for s in structures for el in s.species} <= allowed
+
+
+def test_samplers_are_one_at_t_steps_and_differ_when_strided(tiny_model):
+    full = {name: design(tiny_model, n=3, target=0.5, seed=1, sampler=name) for name in SAMPLERS}
+    assert fingerprint(full["rescaled"]) == fingerprint(full["paper"])
+    strided = {name: design(tiny_model, n=3, target=0.5, seed=1, steps=10, sampler=name) for name in SAMPLERS}
+    assert fingerprint(strided["rescaled"]) != fingerprint(strided["paper"])
+    again = design(tiny_model, n=3, target=0.5, seed=1, steps=10, sampler="rescaled")
+    assert fingerprint(again) == fingerprint(strided["rescaled"])
+
+
+@pytest.mark.parametrize("steps", [50, 100, 250])
+def test_rescaled_corrector_keeps_the_langevin_time_of_the_full_schedule(steps):
+    T = 1000
+    schedule = Schedule(DiffusionConfig(timesteps=T), lambda_t=torch.ones(T + 1))
+
+    def langevin_time(grid, sampler):
+        pairs = zip(grid, [*grid[1:], 0], strict=True)
+        return sum(float(corrector_step(schedule, t, s, 1e-6, sampler)) for t, s in pairs)
+
+    full = langevin_time(sampling_timesteps(T, T), "paper")
+    grid = sampling_timesteps(T, steps)
+    # A strided step uses the step size of its noisiest level, so the sum runs a little high.
+    assert full <= langevin_time(grid, "rescaled") <= 1.15 * full
+    assert langevin_time(grid, "paper") <= 1.15 * full * steps / T
 
 
 def test_progress_is_reported_and_can_stop_sampling(tiny_model):
@@ -83,6 +112,7 @@ def test_progress_is_reported_and_can_stop_sampling(tiny_model):
         ({"steps": 51}, "steps must be between"),
         ({"num_atoms": 0}, "num_atoms"),
         ({"guidance": -1.0}, "guidance"),
+        ({"sampler": "euler"}, "sampler must be one of paper, rescaled"),
     ],
 )
 def test_bad_arguments_raise_design_errors(tiny_model, kwargs, message):

@@ -161,7 +161,8 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
                 structures = design(
                     model, n=request["num_samples"], target=request["target"],
                     num_atoms=request["num_atoms"], elements=request["elements"],
-                    guidance=request["guidance"], steps=request["steps"], seed=request["seed"],
+                    guidance=request["guidance"], steps=request["steps"], sampler=request.get("sampler"),
+                    seed=request["seed"],
                     batch_size=settings.sample_batch_size, progress=hb.progress,
                 )
             with _timed(timings, "analyse"):

@@ -35,6 +35,13 @@ def default_guidance(meta: dict) -> float:
     return float(meta.get("sampling", {}).get("default_guidance", 0.0))
 
 
+def default_steps(meta: dict) -> int:
+    """The reverse steps a model runs when a request names none: the fewest whose quality its
+    evaluation found within tolerance of T steps (`xtaldiff record-steps`), T for a model never
+    measured."""
+    return int(meta.get("sampling", {}).get("default_steps", meta["diffusion"]["timesteps"]))
+
+
 class CheckpointFileError(ValueError):
     """The file is not a checkpoint xtaldiff can serve; the message says why."""
 
@@ -192,4 +199,7 @@ def _xtaldiff_metadata(metadata: object) -> dict:
     if not (isinstance(guidance, int | float) and not isinstance(guidance, bool)
             and math.isfinite(guidance) and guidance >= 0):
         raise CheckpointFileError("metadata sampling must be an object; its default_guidance a number >= 0")
+    steps = sampling.get("default_steps", timesteps)
+    if not (_is_count(steps) and 1 <= steps <= timesteps):
+        raise CheckpointFileError(f"metadata sampling.default_steps must be an integer from 1 to {timesteps}")
     return meta

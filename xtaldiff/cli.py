@@ -132,7 +132,12 @@ def design(
     guidance: Annotated[
         float | None, typer.Option(help="Classifier-free guidance scale (0: none) [default: the model's own].")
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Reverse steps [default: T = 1000].")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Reverse steps [default: the model's own, measured as good as T].")
+    ] = None,
+    sampler: Annotated[
+        str | None, typer.Option(help="rescaled or paper (DiffCSP's corrector step at any stride) [default: rescaled].")
+    ] = None,
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
 ) -> None:
@@ -148,11 +153,14 @@ def design(
 
     from model.checkpoint import load_model
     from model.sampling import design as run_design
-    from xtaldiff.checkpoint_file import default_guidance
+    from xtaldiff.checkpoint_file import default_guidance, default_steps
+    from xtaldiff.samplers import DEFAULT_SAMPLER
 
     with user_errors():
         model = load_model(checkpoint)
         guidance = default_guidance(model.meta) if guidance is None else guidance
+        steps = default_steps(model.meta) if steps is None else steps
+        sampler = DEFAULT_SAMPLER if sampler is None else sampler
         bar = tqdm(total=1, unit="step", disable=not sys.stderr.isatty())
 
         def progress(done: int, total: int) -> None:
@@ -162,7 +170,7 @@ def design(
         started = time.time()
         structures = run_design(
             model, n=n, target=target, num_atoms=num_atoms, elements=parse_elements(elements),
-            guidance=guidance, steps=steps, seed=seed, batch_size=batch_size, progress=progress,
+            guidance=guidance, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=progress,
         )
         bar.close()
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +187,7 @@ def design(
         "checkpoint": str(checkpoint), "checkpoint_sha256": model.sha256, "dataset": model.dataset,
         "property": model.meta["property"]["name"], "unit": model.meta["property"]["unit"],
         "target": target, "n": n, "num_atoms": num_atoms, "elements": parse_elements(elements),
-        "guidance": guidance, "steps": steps or model.schedule.config.timesteps, "seed": seed,
+        "guidance": guidance, "steps": steps, "sampler": sampler, "seed": seed,
         "device": str(model.device), "wall_time_s": round(time.time() - started, 2), "structures": rows,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -175,6 +175,9 @@ def evaluate(
     n: Annotated[int, typer.Option("-n", "--n", min=1, help="Samples for the success rate.")] = 1000,
     target: Annotated[str, typer.Option(help="'min' (training minimum, the paper's protocol) or a value.")] = "min",
     steps: Annotated[int | None, typer.Option(min=1, help="Reverse steps [default: T].")] = None,
+    sampler: Annotated[
+        str | None, typer.Option(help="rescaled or paper (model.diffusion.SAMPLERS) [default: rescaled].")
+    ] = None,
     guidance: Annotated[float, typer.Option(min=0, help="Classifier-free guidance scale.")] = 0.0,
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
@@ -196,6 +199,7 @@ def evaluate(
         except SamplesError as error:
             raise _fail(str(error)) from None
         n, steps, guidance, seed = drawn["n"], drawn["steps"], drawn["guidance"], drawn["seed"]
+        sampler = drawn.get("sampler", "paper")
     from model.checkpoint import CheckpointError
     from model.data import DatasetError
     from model.oracle import OracleUnavailable
@@ -207,6 +211,7 @@ def evaluate(
         n=n,
         target=target_value,
         steps=steps,
+        sampler=sampler,
         guidance=guidance,
         seed=seed,
         batch_size=batch_size,
@@ -228,52 +233,75 @@ def evaluate(
 
 def record_evaluation(
     checkpoint: Annotated[Path, typer.Option(help="The checkpoint the reports evaluated; its header is updated.")],
-    reports: Annotated[list[Path], typer.Argument(help="`evaluate` output folders, one per guidance scale.")],
+    reports: Annotated[
+        list[Path],
+        typer.Argument(help="`evaluate` output folders: a guidance sweep at T steps, and reports at fewer steps "
+                       "(a steps curve) at the default guidance."),
+    ],
     default_guidance: Annotated[
         float | None,
         typer.Option(help="Guidance to run at when a request names none [default: the highest SR5 that keeps "
                      "200 distinct SR5 formulas per 1000 samples]."),
     ] = None,
 ) -> None:
-    """Store evaluation figures and the default guidance in a checkpoint's header (GET /models shows them)."""
+    """Store evaluation figures, the default guidance and the default steps in a checkpoint's header
+    (GET /models shows them); prints the steps curve."""
     import json
 
-    from model.checkpoint import CheckpointError, file_sha256, read_metadata, rewrite_metadata
-    from model.report import choose_default_guidance, evaluation_record
+    from model.checkpoint import CheckpointError, file_sha256, read_metadata, rewrite_metadata, weights_sha256
+    from model.report import (
+        choose_default_guidance,
+        choose_default_steps,
+        evaluation_record,
+        report_sampler,
+        steps_curve_table,
+    )
 
     try:
         meta = read_metadata(checkpoint)
     except CheckpointError as error:
         raise _fail(str(error)) from None
-    accepted = {file_sha256(checkpoint), meta.get("metrics", {}).get("evaluated_sha256")}
-    loaded = []
+    timesteps = meta["diffusion"]["timesteps"]
+    # Reports name the weights; older ones only the file, whose hash a header rewrite changes.
+    weights = weights_sha256(checkpoint)
+    files = {file_sha256(checkpoint), meta.get("metrics", {}).get("evaluated_sha256")}
+    loaded, seen = [], {}
     for folder in reports:
         path = folder / "report.json" if folder.is_dir() else folder
         try:
             report = json.loads(path.read_text())
-            sha256 = report["provenance"]["checkpoint_sha256"]
+            provenance = report["provenance"]
+            key = (provenance["settings"]["guidance"], provenance["sampling_steps"], report_sampler(report, timesteps))
             missing = [k for k in ("n", "success_rates", "sr5_successes") if k not in report]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise _fail(f"{path} is not an `xtaldiff evaluate` report.json ({error})") from None
         if missing:
             raise _fail(f"{path} lacks {missing}: evaluate again with this version of xtaldiff")
-        if sha256 not in accepted:
-            raise _fail(f"{path} evaluated checkpoint {sha256[:12]}..., not {checkpoint}")
+        if provenance.get("weights_sha256", weights) != weights or (
+                "weights_sha256" not in provenance and provenance["checkpoint_sha256"] not in files):
+            raise _fail(f"{path} evaluated other weights than those of {checkpoint}")
+        if key in seen:
+            raise _fail(f"{path} and {seen[key]} both measure guidance {key[0]:g} at {key[1]} steps "
+                        f"({key[2]} sampler); give one of them")
+        seen[key] = path
         loaded.append(report)
-    scales = sorted(r["provenance"]["settings"]["guidance"] for r in loaded)
-    if len(set(scales)) != len(scales):
-        raise _fail(f"two reports at the same guidance ({scales}); give one per scale")
     if len({(r["n"], r["provenance"]["settings"]["seed"]) for r in loaded}) > 1:
-        raise _fail("the reports differ in n or seed; compare scales under one protocol")
+        raise _fail("the reports differ in n or seed; compare them under one protocol")
+    full = [r for r in loaded if r["provenance"]["sampling_steps"] == timesteps]
+    if not full:
+        raise _fail(f"no report at T = {timesteps} steps (the paper's protocol): evaluate without --steps first")
+    scales = sorted(r["provenance"]["settings"]["guidance"] for r in full)
     if default_guidance is None:
-        default_guidance = choose_default_guidance(loaded)
+        default_guidance = choose_default_guidance(full)
     if default_guidance not in scales:
-        raise _fail(f"--default-guidance {default_guidance} has no report; measured: {scales}")
-    meta["metrics"] = evaluation_record(loaded, default_guidance)
+        raise _fail(f"--default-guidance {default_guidance} has no report at {timesteps} steps; measured: {scales}")
+    default_steps = choose_default_steps(loaded, default_guidance, timesteps)
+    meta["metrics"] = evaluation_record(loaded, default_guidance, default_steps, timesteps)
     meta["sampling"]["default_guidance"] = default_guidance
+    meta["sampling"]["default_steps"] = default_steps
     rewrite_metadata(checkpoint, meta)
     # The header changed, so the file's sha256 did: each report says which file it now backs.
-    backs = {"checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint),
+    backs = {"checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint), "weights_sha256": weights,
              "evaluated_sha256": meta["metrics"]["evaluated_sha256"],
              "note": "record-evaluation rewrote the header; the weights are the ones evaluated"}
     for folder in reports:
@@ -281,4 +309,6 @@ def record_evaluation(
             json.dumps(backs, indent=2) + "\n")
     at = meta["metrics"]["at_default_guidance"]
     typer.echo(f"{checkpoint}: default guidance {default_guidance:g} (SR5 {at['SR5']:.3f}, "
-               f"{at['sr5_distinct_formulas']} distinct SR5 formulas in {meta['metrics']['n']} samples)")
+               f"{at['sr5_distinct_formulas']} distinct SR5 formulas in {meta['metrics']['n']} samples), "
+               f"default steps {default_steps}")
+    typer.echo(steps_curve_table(meta["metrics"]["steps_curve"]))

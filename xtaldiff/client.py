@@ -113,11 +113,12 @@ class Client:
 
     def submit(self, *, target: float, dataset: str | None = None, model: str | None = None,
                n: int = 16, num_atoms: int | None = None, elements: Sequence[str] | None = None,
-               guidance: float | None = None, steps: int | None = None, seed: int | None = None) -> str:
+               guidance: float | None = None, steps: int | None = None, sampler: str | None = None,
+               seed: int | None = None) -> str:
         """Queue a design job; returns its id. Fields left None take the server's defaults."""
         body = {"target": target, "dataset": dataset, "model": model, "num_samples": n,
                 "num_atoms": num_atoms, "elements": list(elements) if elements is not None else None,
-                "guidance": guidance, "steps": steps, "seed": seed}
+                "guidance": guidance, "steps": steps, "sampler": sampler, "seed": seed}
         return self._request("POST", "/design", json={k: v for k, v in body.items() if v is not None}).json()["id"]
 
     def job(self, job_id: str) -> dict:
@@ -190,11 +191,11 @@ class Client:
 
     def design(self, *, target: float, dataset: str | None = None, model: str | None = None, n: int = 16,
                num_atoms: int | None = None, elements: Sequence[str] | None = None,
-               guidance: float | None = None, steps: int | None = None, seed: int | None = None,
-               timeout: float | None = None, progress: bool = True) -> list:
+               guidance: float | None = None, steps: int | None = None, sampler: str | None = None,
+               seed: int | None = None, timeout: float | None = None, progress: bool = True) -> list:
         """Submit, wait (with a progress bar) and return the structures (see `structures`)."""
         job_id = self.submit(target=target, dataset=dataset, model=model, n=n, num_atoms=num_atoms,
-                             elements=elements, guidance=guidance, steps=steps, seed=seed)
+                             elements=elements, guidance=guidance, steps=steps, sampler=sampler, seed=seed)
         self.wait(job_id, timeout=timeout, progress=progress)
         return self.structures(job_id)
 

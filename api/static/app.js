@@ -156,7 +156,8 @@ function chooseModel(model) {
   $("num-atoms").max = model.max_num_atoms;
   $("num-atoms").placeholder = `from training (1 to ${model.max_num_atoms})`;
   $("guidance").placeholder = `${model.default_guidance} (default)`;
-  $("steps").placeholder = `${model.timesteps} (T, default)`;
+  $("steps").placeholder = `${model.default_steps} (default; T = ${model.timesteps})`;
+  $("steps").max = model.timesteps;
   const known = new Set(model.elements);
   page.allowedElements = new Set([...page.allowedElements].filter((symbol) => known.has(symbol)));
   drawPeriodicTable(known);

@@ -242,21 +242,26 @@ def test_openapi_describes_every_field_and_gives_request_examples(client):
     assert math.isfinite(design["examples"][0]["target"])
 
 
-def test_a_request_without_guidance_runs_at_the_models_default(client, sessions, tmp_path):
+def test_a_request_without_guidance_or_steps_runs_at_the_models_defaults(client, sessions, tmp_path):
     from model.checkpoint import read_metadata, rewrite_metadata
     from tests.conftest import tiny_checkpoint_file
     from xtaldiff.serve import register_checkpoint
 
     path = tiny_checkpoint_file(tmp_path / "guided.safetensors", seed=5)
     meta = read_metadata(path)
-    meta["sampling"]["default_guidance"] = 1.5
+    meta["sampling"].update(default_guidance=1.5, default_steps=20)
     rewrite_metadata(path, meta)
     register_checkpoint(sessions, path)
-    assert client.get("/models").json()[0]["default_guidance"] == 1.5
-    plain = client.get(f"/jobs/{submit(client)}").json()
-    assert plain["request"]["guidance"] == 1.5
-    chosen = client.get(f"/jobs/{submit(client, guidance=0.0)}").json()
-    assert chosen["request"]["guidance"] == 0.0
+    listed = client.get("/models").json()[0]
+    assert (listed["default_guidance"], listed["default_steps"], listed["timesteps"]) == (1.5, 20, 50)
+    plain = client.post("/design", json={"dataset": "perov_5", "target": 1.0})
+    assert plain.status_code == 202, plain.text
+    plain = client.get(f"/jobs/{plain.json()['id']}").json()
+    assert (plain["request"]["guidance"], plain["request"]["steps"], plain["request"]["sampler"]) == (1.5, 20, "rescaled")
+    chosen = client.get(f"/jobs/{submit(client, guidance=0.0, steps=50, sampler='paper')}").json()
+    assert (chosen["request"]["guidance"], chosen["request"]["steps"], chosen["request"]["sampler"]) == (0.0, 50, "paper")
+    refused = client.post("/design", json={"dataset": "perov_5", "target": 1.0, "sampler": "euler"})
+    assert refused.status_code == 422 and "rescaled" in refused.text and "paper" in refused.text
 
 
 @pytest.mark.parametrize("path", [

@@ -174,7 +174,7 @@ def test_a_design_job_from_form_to_table_viewer_and_downloads(open_page, tmp_pat
     expect(page.locator("#histogram .bar").first).to_be_visible()
     expect(page.locator("#histogram .threshold")).to_have_count(3)
     expect(page.locator("#guidance")).to_have_attribute("placeholder", "0 (default)")
-    expect(page.locator("#steps")).to_have_attribute("placeholder", "50 (T, default)")
+    expect(page.locator("#steps")).to_have_attribute("placeholder", "50 (default; T = 50)")
     page.fill("#target", "100")
     page.click("#submit")
     expect(page.locator("#form-error")).to_contain_text("far outside the heat_ref values")

@@ -1,0 +1,10 @@
+"""The reverse samplers a request may name, torch-free so that the API can check a request."""
+
+# How the Langevin corrector's step size follows the stride of the reverse steps
+# (model.diffusion.corrector_step); at steps == T the two are one sampler.
+SAMPLERS = {
+    "rescaled": "predictor-corrector; the corrector step grows with the stride, so that each noise level "
+    "gets the Langevin time it gets at T steps",
+    "paper": "DiffCSP's predictor-corrector as published: the corrector step of T steps at any stride",
+}
+DEFAULT_SAMPLER = "rescaled"
