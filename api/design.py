@@ -14,8 +14,8 @@ from api.errors import BadRequest
 from api.schemas import MAX_SEED, DesignRequest
 from xtaldiff import queries
 from xtaldiff.checkpoint_file import default_guidance, default_steps
-from xtaldiff.samplers import DEFAULT_SAMPLER
 from xtaldiff.elements import SYMBOLS
+from xtaldiff.samplers import DEFAULT_SAMPLER
 from xtaldiff.settings import Settings
 from xtaldiff.states import CheckpointStatus
 from xtaldiff.tables import Checkpoint

@@ -7,11 +7,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from xtaldiff.checkpoint_file import CONDITIONINGS, DATASETS
+from xtaldiff.checkpoint_file import CONDITIONINGS
+from xtaldiff.datasets import DATASET_NAMES
 from xtaldiff.samplers import SAMPLERS
 from xtaldiff.states import CheckpointStatus, JobStatus
 
-Dataset = Literal[DATASETS]
+Dataset = Literal[DATASET_NAMES]
 Sampler = Literal[tuple(SAMPLERS)]
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_SEED = 2**32 - 1

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xtaldiff.datasets import Dataset, dataset
+
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data"
 CACHE_VERSION = 1
 
@@ -28,24 +30,11 @@ class DatasetError(ValueError):
     """A dataset name, split or file that cannot be used; the message says what to change."""
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    property_name: str
-    unit: str
-    step_lr: float  # Langevin corrector step size of DiffCSP for this set (method.md, Sampling)
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "perov_5": DatasetInfo("heat_ref", "eV", 1e-6),
-    "carbon_24": DatasetInfo("energy_per_atom", "eV/atom", 1e-5),
-    "mp_20": DatasetInfo("formation_energy_per_atom", "eV/atom", 5e-6),
-}
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return DATASETS[name]
+def dataset_info(name: str) -> Dataset:
+    try:
+        return dataset(name)
+    except KeyError as exc:
+        raise DatasetError(exc.args[0]) from None
 
 
 @dataclass(frozen=True)

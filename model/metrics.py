@@ -23,12 +23,6 @@ from pymatgen.core import Element, Structure
 MIN_DISTANCE = 0.5  # A, shortest periodic distance, own images included
 MIN_VOLUME = 0.1  # A^3
 PERCENTILES = (5, 10, 15)
-# CDVAE's hard-coded success thresholds (its 5th/10th/15th training percentiles), lower is better.
-CDVAE_THRESHOLDS = {
-    "perov_5": (0.4392, 0.6120, 0.7365),
-    "carbon_24": (-154.527, -154.459, -154.442),
-    "mp_20": (-3.1756, -2.8220, -2.5281),
-}
 GROUP_SIZE = 10  # CDVAE: 100 starts x 10 candidates, the best of each start counts
 # SMACT's oxidation-state search is exponential in the number of distinct elements: 12 take
 # about 9 s here, 20 would never finish. Beyond this a composition is left unchecked.

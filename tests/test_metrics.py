@@ -7,6 +7,7 @@ from pymatgen.core import Lattice, Structure
 
 from model import metrics
 from model.data import load_split
+from xtaldiff.datasets import DATASETS
 
 
 def training_structures(dataset: str, n: int) -> list[Structure]:
@@ -120,7 +121,7 @@ def test_training_thresholds_reproduce_the_documented_percentiles():
     properties = load_split("perov_5", "train").properties
     thresholds = metrics.training_thresholds(properties)
     # data/README.md: perov_5 train p5/p10/p15 = CDVAE's hard-coded thresholds.
-    assert thresholds == pytest.approx(list(metrics.CDVAE_THRESHOLDS["perov_5"]), abs=1e-4)
+    assert thresholds == pytest.approx(list(DATASETS["perov_5"].cdvae_thresholds), abs=1e-4)
 
 
 def test_conditioning_error_ignores_but_counts_failures():

@@ -14,8 +14,9 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
-from model.oracle import ARCHITECTURE, ORACLES, Oracle, model_directory, triplets
+from model.oracle import ARCHITECTURE, Oracle, model_directory, triplets
 from model.oracle_graphs import CrystalGraph, GraphFailure, build_graphs, crystal_graph
+from xtaldiff.datasets import DATASETS
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 # MAE bounds on the first 24 test structures. Faithful: ~0.035, 0.011, 0.018; a radius graph is
@@ -31,7 +32,7 @@ def first_test_rows(dataset: str, n: int = SAMPLE_SIZE) -> tuple[list[Structure]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         structures = [Structure.from_str(row["cif"], fmt="cif") for row in rows]
-    return structures, np.array([float(row[ORACLES[dataset].property_name]) for row in rows])
+    return structures, np.array([float(row[DATASETS[dataset].property_name]) for row in rows])
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def perov_oracle() -> Oracle:
     return Oracle.for_dataset("perov_5")
 
 
-@pytest.mark.parametrize("dataset", list(ORACLES))
+@pytest.mark.parametrize("dataset", list(DATASETS))
 def test_mae_on_real_test_structures(dataset):
     structures, labels = first_test_rows(dataset)
     predictions = Oracle.for_dataset(dataset).predict(structures, workers=2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.metrics import CDVAE_THRESHOLDS
 from model.report import plausible_range, success_rate_section
+from xtaldiff.datasets import DATASETS
 
 
 def test_success_rate_section_labels_every_variant():
@@ -16,7 +16,7 @@ def test_success_rate_section_labels_every_variant():
     # 10 samples: one far below the training range, one success, one invalid, the rest too high.
     values = [-1e4, 0.3, None] + [2.0] * 7
     section = success_rate_section(values, "perov_5", training)
-    assert section["cdvae_thresholds"]["SR5"] == CDVAE_THRESHOLDS["perov_5"][0]
+    assert section["cdvae_thresholds"]["SR5"] == DATASETS["perov_5"].cdvae_thresholds[0]
     assert section["all_samples_cdvae_thresholds"]["SR5"] == pytest.approx(0.2)
     assert section["all_samples_cdvae_thresholds_implausible_fail"]["SR5"] == pytest.approx(0.1)
     assert section["training_thresholds"]["SR5"] == pytest.approx(np.percentile(training, 5))

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from xtaldiff.datasets import DATASET_NAMES
+
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 DTYPE_BYTES = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
@@ -23,7 +25,6 @@ DTYPE_BYTES = {
 }
 FORMAT = "xtaldiff-checkpoint"  # model.checkpoint writes this; the API cannot import it
 FORMAT_VERSION = 1
-DATASETS = ("perov_5", "carbon_24", "mp_20")
 CONDITIONINGS = ("cdi", "cds")
 REQUIRED_PROPERTY_KEYS = ("name", "unit", "min", "max", "mean", "std")
 MAX_ATOMS = 64  # the network is O(N^2) per structure; beyond this a user wants another model
@@ -164,8 +165,8 @@ def _xtaldiff_metadata(metadata: object) -> dict:
             f"checkpoint format {meta.get('format')!r} version {meta.get('version')!r}; "
             f"this server reads {FORMAT!r} version {FORMAT_VERSION}"
         )
-    if meta.get("dataset") not in DATASETS:
-        raise CheckpointFileError(f"metadata dataset must be one of {', '.join(DATASETS)}")
+    if meta.get("dataset") not in DATASET_NAMES:
+        raise CheckpointFileError(f"metadata dataset must be one of {', '.join(DATASET_NAMES)}")
     if meta.get("conditioning") not in CONDITIONINGS:
         raise CheckpointFileError(
             f"metadata conditioning must be one of {', '.join(CONDITIONINGS)}"

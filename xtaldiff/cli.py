@@ -12,18 +12,14 @@ from typing import Annotated
 
 import typer
 
+from xtaldiff.datasets import DatasetName
+
 app = typer.Typer(
     help="Generative inverse design of crystals with diffusion transformers.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-class Dataset(StrEnum):
-    perov_5 = "perov_5"
-    carbon_24 = "carbon_24"
-    mp_20 = "mp_20"
 
 
 class Conditioning(StrEnum):
@@ -69,7 +65,7 @@ def main() -> None:
 
 @app.command()
 def train(
-    dataset: Annotated[Dataset, typer.Option(help="Benchmark set to train on.")],
+    dataset: Annotated[DatasetName, typer.Option(help="Benchmark set to train on.")],
     cond: Annotated[
         Conditioning, typer.Option(help="CDI: condition at the initial embedding; CDS: in every block.")
     ] = Conditioning.cdi,
@@ -196,7 +192,9 @@ def design(
 
 @app.command()
 def bench(
-    datasets: Annotated[list[Dataset] | None, typer.Option("--dataset", help="Sets to time [default: all].")] = None,
+    datasets: Annotated[
+        list[DatasetName] | None, typer.Option("--dataset", help="Sets to time [default: all].")
+    ] = None,
     sample_n: Annotated[int, typer.Option(help="Structures sampled for the sampling benchmark.")] = 100,
     sample_steps: Annotated[int, typer.Option(help="Reverse steps for the sampling benchmark.")] = 1000,
     train_batches: Annotated[int, typer.Option(help="Training steps timed per set.")] = 10,
@@ -205,7 +203,7 @@ def bench(
     from model.bench import run_benchmarks
 
     with user_errors():
-        result = run_benchmarks([d.value for d in datasets or list(Dataset)], sample_n, sample_steps, train_batches)
+        result = run_benchmarks([d.value for d in datasets or list(DatasetName)], sample_n, sample_steps, train_batches)
     typer.echo(json.dumps(result, indent=2))
 
 

