@@ -44,6 +44,7 @@ class EvaluationSettings:
     seed: int = 0
     batch_size: int = 128
     conditioning_n: int = 100  # samples for the conditioning error (0: skip)
+    relax_n: int = 0  # SR5 successes (the first, by index) relaxed with CHGNet (0: skip)
     workers: int = 2
     samples: str | None = None  # drawn elsewhere (scripts/gpu_train.py): a CSV(.gz) with a JSON sidecar
 
@@ -269,6 +270,14 @@ def run_evaluation(
     successes = sr5_successes(structures, values, validities, novel.novel, DATASETS[dataset].cdvae_thresholds[0])
     metrics_s = time.time() - metrics_started
 
+    relaxation = None
+    relax_started = time.time()
+    if settings.relax_n > 0:
+        threshold = DATASETS[dataset].cdvae_thresholds[0]
+        chosen = [i for i, value in enumerate(values) if value is not None and value <= threshold][: settings.relax_n]
+        relaxation = relaxation_report([structures[i] for i in chosen], oracle, threshold, settings.workers)
+    relax_s = time.time() - relax_started
+
     conditioning = None
     conditioning_started = time.time()
     if settings.conditioning_n > 0:
@@ -312,6 +321,7 @@ def run_evaluation(
             "plausible_range": [low, high],
         },
         "conditioning_error": conditioning,
+        "relaxation": relaxation,
         "training_split_note": DATASETS[dataset].split_note,
         "provenance": {
             "checkpoint": str(settings.checkpoint),
@@ -328,6 +338,7 @@ def run_evaluation(
                 "validity_and_oracle": round(scoring_s, 1),
                 "uniqueness_and_novelty": round(metrics_s, 1),
                 "conditioning_error": round(conditioning_s, 1),
+                "relaxation": round(relax_s, 1),
                 "total": round(time.time() - started, 1),
             },
         },
@@ -350,6 +361,35 @@ def sr5_successes(structures, values, validities, novel_of_valid: list[bool], th
         "novel": sum(novel_all[i] for i in chosen),
         "unique_and_novel": sum(novel_all[chosen[j]] for j in unique_ids),
         "per_samples": len(structures),
+    }
+
+
+def relaxation_report(successes: Sequence[Structure], oracle: Oracle, threshold: float, workers: int) -> dict:
+    """Relax SR5 successes with CHGNet; how many the oracle still counts as successes, how far
+    they moved, how their energy fell."""
+    from model.relax import CHGNET_VERSION, FMAX, MAX_STEPS, relax_all
+
+    started = time.time()
+    results = relax_all(successes)
+    seconds = time.time() - started
+    relaxed = [r.relaxed for r in results if r.relaxed is not None]
+    validities, predictions = score(relaxed, oracle, workers, progress=False) if relaxed else ([], [])
+    after = iter(counted_values(validities, predictions))
+    still = [r.relaxed is not None and (v := next(after)) is not None and v <= threshold for r in results]
+    moved = [r.rms_displacement for r in results if r.rms_displacement is not None]
+    drops = [r.energy_before - r.energy_after for r in results if r.energy_after is not None]
+    count = max(1, len(results))
+    return {
+        "potential": f"CHGNet {CHGNET_VERSION}, FIRE on the cell filter, fmax {FMAX} eV/A, at most {MAX_STEPS} steps",
+        "relaxed": len(results),
+        "still_sr5_success_by_oracle": sum(still) / count,
+        "converged": sum(r.converged for r in results) / count,
+        "failed": sum(r.error is not None for r in results),
+        "no_match": sum(r.relaxed is not None and r.rms_displacement is None for r in results) / count,
+        "median_rms_displacement": float(np.median(moved)) if moved else None,
+        "median_energy_drop_ev_per_atom": float(np.median(drops)) if drops else None,
+        "median_steps": float(np.median([r.steps for r in results])) if results else None,
+        "seconds_per_structure": seconds / count,
     }
 
 
@@ -492,6 +532,21 @@ def render_markdown(report: dict) -> str:
                 f"| {row['target']:.4g} | {_cell(row['mean_absolute_error'])} | {row['predicted']} | {row['failed']} |"
             )
     provenance = report["provenance"]
+    relaxed = report.get("relaxation")
+    if relaxed:
+        moved = relaxed["median_rms_displacement"]
+        lines += [
+            "",
+            "## Relaxation of the SR5 successes",
+            "",
+            f"{relaxed['relaxed']} SR5 successes relaxed ({relaxed['potential']}): "
+            f"{relaxed['still_sr5_success_by_oracle']:.3f} are still SR5 successes by the oracle on the relaxed "
+            f"structure; {relaxed['converged']:.3f} converged, {relaxed['failed']} could not be evaluated, "
+            f"{relaxed['no_match']:.3f} no longer match their generated structure; median RMS displacement "
+            f"{'n/a' if moved is None else f'{moved:.3f}'}, median energy drop "
+            f"{relaxed['median_energy_drop_ev_per_atom']} eV/atom, "
+            f"{relaxed['seconds_per_structure']:.1f} s per structure.",
+        ]
     lines += [
         "",
         "## Provenance",

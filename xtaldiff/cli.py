@@ -37,11 +37,12 @@ def user_errors():
     """Errors a user can fix become one line on stderr and exit code 2, never a traceback."""
     from model.checkpoint import CheckpointError
     from model.data import DatasetError
+    from model.relax import RelaxationUnavailable
     from model.sampling import DesignError
 
     try:
         yield
-    except (CheckpointError, DatasetError, DesignError, FileNotFoundError) as exc:
+    except (CheckpointError, DatasetError, DesignError, RelaxationUnavailable, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail("interrupted") from None
@@ -136,6 +137,9 @@ def design(
     ] = None,
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
+    relax: Annotated[
+        bool, typer.Option(help="Also relax each structure with CHGNet; writes NNNN_<formula>_relaxed.cif beside it.")
+    ] = False,
 ) -> None:
     """Design crystal structures for a target property; writes one CIF per structure."""
     if not math.isfinite(target):
@@ -169,6 +173,13 @@ def design(
             guidance=guidance, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=progress,
         )
         bar.close()
+        relaxations = None
+        if relax:
+            from model.relax import relax_all
+
+            bar = tqdm(total=len(structures), unit="structure", desc="relaxing", disable=not sys.stderr.isatty())
+            relaxations = relax_all(structures, progress=lambda done, _: bar.update(done - bar.n))
+            bar.close()
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, structure in enumerate(structures):
@@ -179,6 +190,12 @@ def design(
             "lattice_abc": list(structure.lattice.abc), "lattice_angles": list(structure.lattice.angles),
             "volume": structure.volume,
         })
+        if relaxations is not None:
+            relaxed = relaxations[i]
+            rows[-1]["relaxation"] = relaxed.as_dict()
+            if relaxed.relaxed is not None:
+                rows[-1]["relaxation"]["file"] = name.replace(".cif", "_relaxed.cif")
+                CifWriter(relaxed.relaxed).write_file(out / rows[-1]["relaxation"]["file"])
     summary = {
         "checkpoint": str(checkpoint), "checkpoint_sha256": model.sha256, "dataset": model.dataset,
         "property": model.meta["property"]["name"], "unit": model.meta["property"]["unit"],

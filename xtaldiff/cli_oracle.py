@@ -177,6 +177,9 @@ def evaluate(
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     cond_n: Annotated[int, typer.Option(min=0, help="Samples for the conditioning error (0: skip).")] = 100,
+    relax: Annotated[
+        int, typer.Option(min=0, help="Relax this many SR5 successes with CHGNet and count how many survive (0: skip).")
+    ] = 0,
     workers: Annotated[int, typer.Option(min=1, help="CrystalNN worker processes.")] = 2,
     samples: Annotated[
         Path | None,
@@ -198,6 +201,7 @@ def evaluate(
     from model.checkpoint import CheckpointError
     from model.data import DatasetError
     from model.oracle import OracleUnavailable
+    from model.relax import RelaxationUnavailable
     from model.report import EvaluationSettings, run_evaluation, write_report
     from model.sampling import DesignError
 
@@ -211,12 +215,14 @@ def evaluate(
         seed=seed,
         batch_size=batch_size,
         conditioning_n=cond_n,
+        relax_n=relax,
         workers=workers,
         samples=None if samples is None else str(samples),
     )
     try:
         report, rows = run_evaluation(settings, progress=sys.stderr.isatty())
-    except (CheckpointError, DatasetError, DesignError, OracleUnavailable, SamplesError) as error:
+    except (CheckpointError, DatasetError, DesignError, OracleUnavailable, RelaxationUnavailable,
+            SamplesError) as error:
         raise _fail(str(error)) from None
     write_report(report, rows, out)
     headline = report["success_rates"]["all_samples_cdvae_thresholds"]

@@ -1,0 +1,125 @@
+"""Relaxing designed structures with a universal interatomic potential (CHGNet 0.3.0, via ASE).
+
+A generated cell is rarely at an energy minimum, and the oracle that scored it was trained on
+the same data as the generator. Relaxing each design with a potential trained on the whole
+Materials Project (CHGNet, Deng et al. 2023) says whether it holds together, how far it moves,
+and how its energy falls. CHGNet's weights ship inside its PyPI wheel: no download at run time.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pymatgen.core import Structure
+
+CHGNET_VERSION = "0.3.0"
+CHGNET_FILE = "chgnet_0.3.0_e29f68s314m37.pth.tar"
+FMAX = 0.1  # eV/A: forces (and stress, through the cell filter) below this count as relaxed
+MAX_STEPS = 200  # FIRE steps before a relaxation is given up as not converged
+
+
+class RelaxationUnavailable(RuntimeError):
+    """CHGNet is not installed; the message says how to install it."""
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """One structure before and after relaxation. Energies are CHGNet's, in eV/atom."""
+
+    relaxed: Structure | None  # None when the potential could not be evaluated on the structure
+    energy_before: float | None
+    energy_after: float | None
+    steps: int
+    converged: bool
+    # StructureMatcher's RMS displacement (normalised by (V / n)^(1/3)) between the generated and
+    # the relaxed structure; None when relaxation changed it beyond matching ("no match").
+    rms_displacement: float | None
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "energy_before_ev_per_atom": self.energy_before, "energy_after_ev_per_atom": self.energy_after,
+            "steps": self.steps, "converged": self.converged, "rms_displacement": self.rms_displacement,
+            "error": self.error,
+        }
+
+
+@functools.cache
+def load_chgnet():
+    """CHGNet 0.3.0 from the file in its wheel, read with torch.load(weights_only=True): the
+    checkpoint is a dict of tensors and numbers, so nothing but those is unpickled."""
+    try:
+        from chgnet.model import CHGNet
+    except ImportError as exc:
+        raise RelaxationUnavailable(
+            "relaxation needs CHGNet: `pip install chgnet==0.4.2` (scripts/setup.sh installs it)"
+        ) from exc
+    path = importlib.resources.files("chgnet") / "pretrained" / CHGNET_VERSION / CHGNET_FILE
+    with importlib.resources.as_file(path) as file:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = CHGNet.from_dict(state["model"])
+    return model.eval()
+
+
+@functools.cache
+def _calculator():
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # An atom with no neighbour within CHGNet's cutoff has no force: refuse it rather than relax it.
+    return CHGNetCalculator(model=load_chgnet(), use_device=device, on_isolated_atoms="error")
+
+
+def relax(structure: Structure, fmax: float = FMAX, max_steps: int = MAX_STEPS) -> Relaxation:
+    """Relax positions and cell together (FIRE on ASE's FrechetCellFilter)."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = _calculator()
+    n = len(atoms)
+    try:
+        energy_before = float(atoms.get_potential_energy()) / n
+        optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            converged = bool(optimizer.run(fmax=fmax, steps=max_steps))
+        energy_after = float(atoms.get_potential_energy()) / n
+    except (ValueError, RuntimeError, IndexError) as exc:  # e.g. an atom with no neighbour in the cutoff
+        return Relaxation(None, None, None, 0, False, None, f"CHGNet could not evaluate it: {exc}")
+    if not (math.isfinite(energy_before) and math.isfinite(energy_after)):
+        return Relaxation(None, None, None, optimizer.nsteps, False, None, "CHGNet's energy is not finite")
+    relaxed = AseAtomsAdaptor.get_structure(atoms)
+    relaxed = Structure(relaxed.lattice, relaxed.species, np.mod(relaxed.frac_coords, 1.0))
+    return Relaxation(relaxed, energy_before, energy_after, int(optimizer.nsteps), converged,
+                      displacement(structure, relaxed))
+
+
+def displacement(generated: Structure, relaxed: Structure) -> float | None:
+    """StructureMatcher's normalised RMS distance, None when the two do not match."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    rms = StructureMatcher().get_rms_dist(generated, relaxed)
+    return None if rms is None else float(rms[0])
+
+
+def relax_all(
+    structures: Sequence[Structure], progress: Callable[[int, int], None] | None = None
+) -> list[Relaxation]:
+    """Relax each structure in turn; progress(done, total) after each (raise from it to stop)."""
+    results = []
+    for structure in structures:
+        results.append(relax(structure))
+        if progress is not None:
+            progress(len(results), len(structures))
+    return results
