@@ -44,6 +44,12 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
             f"num_samples is {request.num_samples}; this server makes at most "
             f"{settings.max_num_samples} per job: ask for fewer or split the request"
         )
+    if request.relax and request.num_samples > settings.max_relax_samples:
+        raise BadRequest(
+            f"relax is on for {request.num_samples} structures; this server relaxes at most "
+            f"{settings.max_relax_samples} per job: ask for fewer, or relax the ones you keep yourself "
+            "(`xtaldiff design --relax`)"
+        )
     elements = _check_elements(request.elements, model=checkpoint.name, known=meta["elements"])
     max_atoms = max(int(k) for k in meta["num_atoms"])
     if request.num_atoms is not None and request.num_atoms > max_atoms:

@@ -74,6 +74,13 @@ class DesignRequest(BaseModel):
         None, description="Reverse sampler: " + "; ".join(f"`{k}`: {v}" for k, v in SAMPLERS.items())
         + ". Omit for `rescaled`.",
     )
+    relax: bool = Field(
+        False, strict=True,
+        description="Also relax each structure with CHGNet 0.3.0 (positions and cell, FIRE, fmax 0.1 eV/A, "
+        "at most 200 steps): each structure then carries its relaxed cell (CIF `?cell=relaxed`), CHGNet's "
+        "energy per atom before and after, and the oracle's prediction of the relaxed structure. At most "
+        "the server's `max_relax_samples` structures (100 by default).",
+    )
     seed: int | None = Field(
         None, ge=0, le=MAX_SEED, strict=True,
         description="Random seed; omit for a random one (recorded in the job, so any job can "
@@ -86,8 +93,11 @@ class Link(BaseModel):
 
 
 class Progress(BaseModel):
-    done: int = Field(description="Reverse diffusion steps completed over all batches.")
-    total: int = Field(description="Steps the job will take (0 until a worker starts it).")
+    phase: Literal["sampling", "relaxing"] | None = Field(
+        description="What done and total count: reverse steps while sampling, structures while relaxing "
+        "(a job with `relax`); None until a worker starts it.")
+    done: int = Field(description="Reverse diffusion steps completed over all batches, or structures relaxed.")
+    total: int = Field(description="Steps (or structures) of the current phase (0 until a worker starts it).")
     fraction: float = Field(description="done / total, 0 to 1; 1 once the job succeeded.")
 
 
@@ -137,7 +147,7 @@ class StructureBrief(BaseModel):
         description="The oracle's prediction of the model's property (None: not predicted)."
     )
     valid: bool | None = Field(description="Structure and composition valid (None: unchecked).")
-    links: dict[str, Link] = Field(description="`self` (JSON), `cif`, `cif_p1`.")
+    links: dict[str, Link] = Field(description="`self` (JSON), `cif`, `cif_p1`, and `cif_relaxed` when relaxed.")
 
 
 class StructureDetail(StructureBrief):
@@ -155,6 +165,12 @@ class StructureDetail(StructureBrief):
     prediction_note: str | None = Field(description="Why no prediction was made, if none was.")
     cif: str = Field(description="Symmetrised CIF (space group found with symprec 0.1).")
     cif_p1: str = Field(description="The raw cell in P1, as the model produced it.")
+    relaxed_cif: str | None = Field(None, description="The cell CHGNet relaxed it to, P1 (a job with `relax`).")
+    relaxation: dict | None = Field(
+        None, description="A job with `relax`: CHGNet's energy per atom before and after (eV/atom), steps, "
+        "converged, rms_displacement (StructureMatcher, normalised; null: relaxation changed the structure "
+        "beyond matching), error (why CHGNet could not evaluate it), and for the relaxed structure the "
+        "oracle's predicted_property and validity.")
 
 
 class JobOut(BaseModel):

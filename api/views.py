@@ -31,13 +31,16 @@ def job_links(job_id: str) -> dict[str, Link]:
     }
 
 
-def structure_links(job_id: str, index: int) -> dict[str, Link]:
-    base = f"/jobs/{job_id}/structures/{index}"
-    return {
+def structure_links(structure: StructureRow) -> dict[str, Link]:
+    base = f"/jobs/{structure.job_id}/structures/{structure.index}"
+    links = {
         "self": Link(href=base),
         "cif": Link(href=f"{base}.cif"),
         "cif_p1": Link(href=f"{base}.cif?cell=p1"),
     }
+    if structure.relaxed_cif is not None:
+        links["cif_relaxed"] = Link(href=f"{base}.cif?cell=relaxed")
+    return links
 
 
 def structure_brief(structure: StructureRow) -> StructureBrief:
@@ -45,14 +48,14 @@ def structure_brief(structure: StructureRow) -> StructureBrief:
         index=structure.index, formula=structure.reduced_formula,
         num_atoms=structure.num_atoms, space_group=structure.space_group_symbol,
         predicted_property=structure.predicted_property, valid=structure.valid,
-        links=structure_links(structure.job_id, structure.index),
+        links=structure_links(structure),
     )
 
 
 def structure_detail(structure: StructureRow) -> StructureDetail:
     return StructureDetail(
         **structure_brief(structure).model_dump(exclude={"links"}),
-        links=structure_links(structure.job_id, structure.index),
+        links=structure_links(structure),
         full_formula=structure.formula,
         lattice={k: getattr(structure, k) for k in ("a", "b", "c", "alpha", "beta", "gamma",
                                                     "volume")},
@@ -62,6 +65,7 @@ def structure_detail(structure: StructureRow) -> StructureDetail:
         invalid_reason=structure.invalid_reason,
         prediction_note=structure.prediction_note,
         cif=structure.cif, cif_p1=structure.cif_p1,
+        relaxed_cif=structure.relaxed_cif, relaxation=structure.relaxation,
     )
 
 
@@ -71,7 +75,7 @@ def job_out(job: Job, structures: Sequence[StructureRow]) -> JobOut:
     end = job.finished_at
     return JobOut(
         id=job.id, status=job.status,
-        progress=Progress(done=done, total=total, fraction=round(fraction, 4)),
+        progress=Progress(phase=job.phase, done=done, total=total, fraction=round(fraction, 4)),
         timings=Timings(
             created_at=job.created_at, started_at=job.started_at, finished_at=end,
             queued_s=_seconds(job.created_at, job.started_at),

@@ -38,3 +38,31 @@ def predict(structures, rows: list[dict], *, dataset: str, oracle_workers: int) 
     for row, prediction in zip(rows, predictions, strict=True):
         row["predicted_property"] = prediction.value
         row["prediction_note"] = prediction.reason
+
+
+def relax(structures, rows: list[dict], *, dataset: str, oracle: bool, oracle_workers: int,
+          progress) -> None:
+    """Relax each structure with CHGNet (model.relax); its row gains the relaxed cell as a P1
+    CIF and `relaxation`: CHGNet's energies, steps, convergence and displacement, with the
+    validity and the oracle's prediction of the relaxed structure. progress(done, total)
+    after each structure: where a cancelled job stops."""
+    from pymatgen.io.cif import CifWriter
+
+    from model.relax import relax_all
+
+    results = relax_all(structures, progress=progress)
+    relaxed = [result.relaxed for result in results if result.relaxed is not None]
+    checked = [{} for _ in relaxed]
+    if relaxed:
+        evaluate(relaxed, checked, dataset=dataset, oracle=oracle, oracle_workers=oracle_workers)
+    checked_rows = iter(checked)
+    for row, result in zip(rows, results, strict=True):
+        record = result.as_dict()
+        if result.relaxed is not None:
+            found = next(checked_rows)
+            record.update(
+                predicted_property=found.get("predicted_property"), prediction_note=found.get("prediction_note"),
+                valid=bool(found["valid_structure"] and found["valid_composition"]),
+            )
+            row["relaxed_cif"] = str(CifWriter(result.relaxed))
+        row["relaxation"] = record

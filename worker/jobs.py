@@ -19,7 +19,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.checkpoints import load_cached, local_checkpoint
-from worker.evaluate import evaluate
+from worker.evaluate import evaluate, relax
 from worker.records import structure_record
 from xtaldiff import queries
 from xtaldiff.broker import send
@@ -60,6 +60,7 @@ class Heartbeat:
                  every_s: float) -> None:
         self.sessions, self.job_id, self.attempt, self.every_s = sessions, job_id, attempt, every_s
         self.done = self.total = 0
+        self.phase = "sampling"
         self.cancelled = self.lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
@@ -91,7 +92,7 @@ class Heartbeat:
         try:
             with self.sessions() as session:
                 answer = queries.beat(session, job_id=self.job_id, attempt=self.attempt,
-                                      done=self.done, total=self.total)
+                                      done=self.done, total=self.total, phase=self.phase)
         except Exception:
             # A database blip must not kill the job; if it lasts, the job is taken over.
             log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
@@ -127,6 +128,7 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
                redelivered: bool = False) -> JobStatus | None:
     """Run a design job to its end. Returns the status it reached, None if not ours to run."""
     from model.checkpoint import CheckpointError
+    from model.relax import RelaxationUnavailable
     from model.sampling import DesignError, design
 
     attempt = None
@@ -170,6 +172,11 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
             with _timed(timings, "evaluate"):
                 evaluate(structures, rows, dataset=job.dataset, oracle=settings.oracle,
                          oracle_workers=settings.oracle_workers)
+            if request.get("relax"):
+                hb.phase = "relaxing"
+                with _timed(timings, "relax"):
+                    relax(structures, rows, dataset=job.dataset, oracle=settings.oracle,
+                          oracle_workers=settings.oracle_workers, progress=hb.progress)
         except JobCancelled:
             return _end(sessions, job_id, attempt, JobStatus.cancelled, None, timings, started)
         except JobLost:
@@ -181,7 +188,7 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
                 session.commit()
             log.info("job %s returned to the queue: this worker is stopping", job_id)
             return None
-        except (DesignError, CheckpointError) as err:
+        except (DesignError, CheckpointError, RelaxationUnavailable) as err:
             return _end(sessions, job_id, attempt, JobStatus.failed, str(err), timings, started)
         except Exception as err:
             log.exception("job %s failed", job_id)
@@ -193,7 +200,8 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
         summary = summarize(rows, target=request["target"])
         timings["total"] = round(time.perf_counter() - started, 3)
         written = write_results(sessions, job_id=job_id, attempt=attempt, rows=rows,
-                                summary=summary, timings=timings)
+                                summary=summary, timings=timings,
+                                progress={"progress_done": hb.done, "progress_total": hb.total, "phase": hb.phase})
     if not written:
         log.warning("job %s changed hands before it was written; results dropped", job_id)
         return None
@@ -201,7 +209,8 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
 
 
 def write_results(sessions: sessionmaker[Session], *, job_id: str, attempt: int, rows: list[dict],
-                  summary: dict, timings: dict, give_up_after_s: float = FINAL_WRITE_PATIENCE_S) -> bool:
+                  summary: dict, timings: dict, progress: dict | None = None,
+                  give_up_after_s: float = FINAL_WRITE_PATIENCE_S) -> bool:
     """`finish_job`, tried again while the database is unreachable: the results took minutes
     of sampling, and an outage at this moment must not throw them away."""
     deadline = time.monotonic() + give_up_after_s
@@ -209,8 +218,8 @@ def write_results(sessions: sessionmaker[Session], *, job_id: str, attempt: int,
     while True:
         try:
             with sessions() as session:
-                return queries.finish_job(session, job_id=job_id, attempt=attempt,
-                                          structures=rows, summary=summary, timings=timings)
+                return queries.finish_job(session, job_id=job_id, attempt=attempt, structures=rows,
+                                          summary=summary, timings=timings, progress=progress)
         except (OperationalError, InterfaceError, PoolTimeout):
             if time.monotonic() + wait_s > deadline:
                 raise

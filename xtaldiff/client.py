@@ -114,11 +114,11 @@ class Client:
     def submit(self, *, target: float, dataset: str | None = None, model: str | None = None,
                n: int = 16, num_atoms: int | None = None, elements: Sequence[str] | None = None,
                guidance: float | None = None, steps: int | None = None, sampler: str | None = None,
-               seed: int | None = None) -> str:
+               relax: bool = False, seed: int | None = None) -> str:
         """Queue a design job; returns its id. Fields left None take the server's defaults."""
         body = {"target": target, "dataset": dataset, "model": model, "num_samples": n,
                 "num_atoms": num_atoms, "elements": list(elements) if elements is not None else None,
-                "guidance": guidance, "steps": steps, "sampler": sampler, "seed": seed}
+                "guidance": guidance, "steps": steps, "sampler": sampler, "relax": relax or None, "seed": seed}
         return self._request("POST", "/design", json={k: v for k, v in body.items() if v is not None}).json()["id"]
 
     def job(self, job_id: str) -> dict:
@@ -138,6 +138,7 @@ class Client:
                   bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}") as bar:
             while True:
                 job = self.job(job_id)
+                bar.set_description_str(f"{job_id[:8]} {job['progress'].get('phase') or job['status']}")
                 bar.update(job["progress"]["fraction"] - bar.n)
                 if job["status"] in FINAL_STATUSES:
                     break
@@ -145,7 +146,8 @@ class Client:
                 if timeout is not None and waited > timeout:
                     raise TimeoutError(
                         f"job {job_id} still {job['status']} after waiting {waited:.0f} s "
-                        f"({job['progress']['done']} of {job['progress']['total']} steps done)"
+                        f"({job['progress'].get('phase') or 'waiting'}: {job['progress']['done']} of "
+                        f"{job['progress']['total']} done)"
                     )
                 time.sleep(poll_s)
         if job["status"] != "succeeded":
@@ -156,14 +158,18 @@ class Client:
         """The job's structures as pymatgen Structures, in order, each with `properties`:
         index, formula, space group, predicted property, validity and the reasons, links.
 
-        cell: "p1" for the cell as the model made it, "symmetrized" for the symmetrised CIF.
+        cell: "p1" for the cell as the model made it, "symmetrized" for the symmetrised CIF,
+        "relaxed" for the cell CHGNet relaxed it to (a job submitted with relax=True; the
+        figures of the relaxation are in `properties["relaxation"]` whatever the cell).
         A structure whose cell no CIF can hold (a collapsed, zero-volume cell of a poorly
-        trained model) is left out with a warning naming its index; its JSON stays on the server.
+        trained model, or one CHGNet could not relax) is left out with a warning naming its
+        index; its JSON stays on the server.
         """
         from pymatgen.core import Structure
 
-        if cell not in ("p1", "symmetrized"):
-            raise ValueError(f"cell must be 'p1' or 'symmetrized', got {cell!r}")
+        sources = {"p1": "cif_p1", "symmetrized": "cif", "relaxed": "relaxed_cif"}
+        if cell not in sources:
+            raise ValueError(f"cell must be one of {', '.join(sources)}, got {cell!r}")
         found, unreadable, offset = [], [], 0
         while True:
             page = self._request("GET", f"/jobs/{job_id}/structures",
@@ -172,19 +178,19 @@ class Client:
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")  # pymatgen's notes on rounded coordinates
-                        structure = Structure.from_str(item["cif_p1"] if cell == "p1" else item["cif"], fmt="cif")
+                        structure = Structure.from_str(item[sources[cell]] or "", fmt="cif")
                 except ValueError:
                     unreadable.append(item["index"])
                     continue
-                structure.properties = {k: v for k, v in item.items() if k not in ("cif", "cif_p1")}
+                structure.properties = {k: v for k, v in item.items() if k not in sources.values()}
                 found.append(structure)
             offset += len(page["items"])
             if not page["items"] or offset >= page["total"]:
                 break
         if unreadable:
             warnings.warn(
-                f"job {job_id}: {len(unreadable)} of {offset} structures have cells no CIF can hold "
-                f"(collapsed cells) and are left out: indices {unreadable}; see /jobs/{job_id}/structures/<index>",
+                f"job {job_id}: {len(unreadable)} of {offset} structures have no {cell} cell a CIF can hold "
+                f"and are left out: indices {unreadable}; see /jobs/{job_id}/structures/<index>",
                 stacklevel=2,
             )
         return found
@@ -192,12 +198,15 @@ class Client:
     def design(self, *, target: float, dataset: str | None = None, model: str | None = None, n: int = 16,
                num_atoms: int | None = None, elements: Sequence[str] | None = None,
                guidance: float | None = None, steps: int | None = None, sampler: str | None = None,
-               seed: int | None = None, timeout: float | None = None, progress: bool = True) -> list:
-        """Submit, wait (with a progress bar) and return the structures (see `structures`)."""
+               relax: bool = False, seed: int | None = None, timeout: float | None = None,
+               progress: bool = True) -> list:
+        """Submit, wait (with a progress bar) and return the structures (see `structures`; with
+        relax=True, the relaxed cells)."""
         job_id = self.submit(target=target, dataset=dataset, model=model, n=n, num_atoms=num_atoms,
-                             elements=elements, guidance=guidance, steps=steps, sampler=sampler, seed=seed)
+                             elements=elements, guidance=guidance, steps=steps, sampler=sampler, relax=relax,
+                             seed=seed)
         self.wait(job_id, timeout=timeout, progress=progress)
-        return self.structures(job_id)
+        return self.structures(job_id, cell="relaxed" if relax else "p1")
 
     def bundle(self, job_id: str, path: str | Path) -> Path:
         """Save the job's bundle.zip (symmetrised and P1 CIFs, summary.json, summary.csv)."""

@@ -229,11 +229,11 @@ def _owned(job_id: str, attempt: int):
 
 
 def beat(session: Session, *, job_id: str, attempt: int, done: int | None = None,
-         total: int | None = None) -> bool | None:
+         total: int | None = None, phase: str | None = None) -> bool | None:
     """Record liveness (and progress). Returns cancel_requested, or None if the job is lost."""
     values: dict = {"heartbeat_at": utcnow()}
     if done is not None:
-        values.update(progress_done=done, progress_total=total)
+        values.update(progress_done=done, progress_total=total, phase=phase)
     result = session.execute(
         update(Job).where(*_owned(job_id, attempt)).values(**values)
         .returning(Job.cancel_requested)
@@ -245,17 +245,19 @@ def beat(session: Session, *, job_id: str, attempt: int, done: int | None = None
 
 def finish_job(
     session: Session, *, job_id: str, attempt: int, structures: list[dict], summary: dict,
-    timings: dict,
+    timings: dict, progress: dict | None = None,
 ) -> bool:
     """Write every structure and mark the job succeeded, in one transaction, or do nothing.
 
-    False when this attempt no longer owns the job (another worker took it over, or it was
-    cancelled): then nothing is written, so a redelivered task never duplicates structures.
+    progress: the last progress_done, progress_total and phase (the heartbeat's last beat may
+    not have carried them). False when this attempt no longer owns the job (another worker
+    took it over, or it was cancelled): then nothing is written, so a redelivered task never
+    duplicates structures.
     """
     result = session.execute(
         update(Job).where(*_owned(job_id, attempt))
         .values(status=JobStatus.succeeded, finished_at=utcnow(), summary=summary,
-                timings=timings, heartbeat_at=utcnow())
+                timings=timings, heartbeat_at=utcnow(), **(progress or {}))
     )
     if result.rowcount != 1:
         session.rollback()

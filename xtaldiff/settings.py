@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     )
 
     max_num_samples: int = Field(1000, ge=1, description="Most structures one job may ask for.")
+    max_relax_samples: int = Field(
+        100, ge=0, description="Most structures one job may ask to relax (CHGNet takes seconds per structure "
+        "on a CPU); 0 turns relaxation off.")
     max_pending_jobs: int = Field(
         100, ge=1, description="Most queued or running jobs one API key may have (all callers "
         "together when keys are off); past it POST /design answers 429 with Retry-After.",

@@ -122,6 +122,7 @@ class Job(Base):
     warnings: Mapped[list] = mapped_column(JSON, default=list)
     progress_done: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
+    phase: Mapped[str | None] = mapped_column(String(16))  # what progress counts: sampling or relaxing
     # Bumped by every worker that takes the job; a worker whose attempt is no longer the
     # job's may not write to it (compare-and-set), which keeps redeliveries from duplicating.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
@@ -169,6 +170,10 @@ class StructureRow(Base):
     valid_structure: Mapped[bool | None] = mapped_column(Boolean)
     valid_composition: Mapped[bool | None] = mapped_column(Boolean)
     invalid_reason: Mapped[str | None] = mapped_column(Text)
+    # A job with "relax": true: the cell CHGNet relaxed it to (P1), and model.relax.Relaxation's
+    # figures with the oracle's prediction and validity of the relaxed structure.
+    relaxed_cif: Mapped[str | None] = mapped_column(Text)
+    relaxation: Mapped[dict | None] = mapped_column(JSON)
 
     job: Mapped[Job] = relationship(back_populates="structures")
 

@@ -100,15 +100,19 @@ def _structure(session: Session, job: Job, index: int):
             response_class=Response, summary="One structure as CIF")
 def structure_cif(
     job_id: str, index: StructureIndex, session: SessionDep, owner: OwnerDep,
-    cell: Annotated[Literal["symmetrized", "p1"], Query(
-        description="symmetrized (space group found at symprec 0.1) or p1 (raw cell)")
+    cell: Annotated[Literal["symmetrized", "p1", "relaxed"], Query(
+        description="symmetrized (space group found at symprec 0.1), p1 (raw cell) or relaxed (the cell "
+        "CHGNet relaxed it to, P1; a job with `relax`)")
     ] = "symmetrized",
 ) -> Response:
     structure = _structure(session, _job(session, job_id, owner), index)
-    p1 = cell == "p1"
+    text = {"symmetrized": structure.cif, "p1": structure.cif_p1, "relaxed": structure.relaxed_cif}[cell]
+    if text is None:
+        raise NotFound(f"structure {index} of job {job_id} was not relaxed: submit the design with "
+                       "\"relax\": true, or relax it yourself (`xtaldiff design --relax`)")
     return Response(
-        structure.cif_p1 if p1 else structure.cif, media_type="chemical/x-cif",
-        headers={"Content-Disposition": f'attachment; filename="{cif_name(structure, p1=p1)}"'},
+        text, media_type="chemical/x-cif",
+        headers={"Content-Disposition": f'attachment; filename="{cif_name(structure, cell=cell)}"'},
     )
 
 

@@ -318,6 +318,7 @@ $("design-form").addEventListener("submit", async (event) => {
     guidance: optionalNumber("guidance"),
     steps: optionalNumber("steps"),
     seed: optionalNumber("seed"),
+    relax: $("relax").checked || undefined,
   };
   $("submit").disabled = true;
   try {
@@ -397,17 +398,20 @@ function showJob(job) {
     request.elements ? `elements ${request.elements.join(", ")}` : null,
     `guidance ${request.guidance}`,
     `${request.steps ?? "all"} steps`,
+    request.sampler && request.sampler !== "rescaled" ? `${request.sampler} sampler` : null,
     `seed ${request.seed}`,
+    request.relax ? "relaxed with CHGNet" : null,
   ];
   $("job-request").textContent = facts.filter(Boolean).join(" · ");
   const status = $("job-status");
   status.textContent = job.status;
   status.className = `status ${job.status}`;
   $("job-progress").value = job.progress.fraction;
-  const { done, total } = job.progress;
+  const { done, total, phase } = job.progress;
   let progress;
   if (FINISHED.has(job.status)) progress = `${job.timings.wall_s} s in all`;
   else if (total === 0) progress = "waiting for a worker";
+  else if (phase === "relaxing") progress = `relaxing: ${done} of ${total} structures`;
   else progress = `${done} of ${total} steps`;
   $("job-progress-text").textContent = progress;
   $("job-cancel").hidden = FINISHED.has(job.status);
@@ -590,6 +594,16 @@ function describeStructure(structure, unit) {
     ["Valid", structure.valid === null ? "unchecked"
       : structure.valid ? "yes" : `no: ${structure.invalid_reason}`],
   ];
+  const relaxed = structure.relaxation;
+  if (relaxed) {
+    facts.push(["Relaxed (CHGNet)", relaxed.error ? `no: ${relaxed.error}`
+      : `${format(relaxed.energy_before_ev_per_atom)} → ${format(relaxed.energy_after_ev_per_atom)} eV/atom in ` +
+        `${relaxed.steps} steps${relaxed.converged ? "" : " (not converged)"}; moved ` +
+        (relaxed.rms_displacement === null ? "beyond matching" : format(relaxed.rms_displacement)) +
+        `; predicted after: ${relaxed.predicted_property === null || relaxed.predicted_property === undefined
+          ? "none" : `${format(relaxed.predicted_property)} ${unit}`}`]);
+  }
+  $("download-cif-relaxed").hidden = !structure.relaxed_cif;
   $("structure-info").replaceChildren(...facts.flatMap(([term, description]) => {
     const dt = document.createElement("dt"), dd = document.createElement("dd");
     dt.textContent = term;
@@ -666,6 +680,9 @@ $("download-cif").addEventListener("click", (event) => {
 });
 $("download-cif-p1").addEventListener("click", (event) => {
   download(selectedLinks().cif_p1.href, event.currentTarget);
+});
+$("download-cif-relaxed").addEventListener("click", (event) => {
+  download(selectedLinks().cif_relaxed.href, event.currentTarget);
 });
 
 function format(value, digits = 3) {

@@ -323,3 +323,40 @@ def test_a_caller_with_too_many_unfinished_jobs_gets_a_429_with_retry_after(sett
         assert "2 of your jobs are queued or running" in refused.json()["detail"]
         assert client.delete(f"/jobs/{first}").status_code == 202  # a cancelled job frees a place
         assert client.post("/design", json={"dataset": "perov_5", "target": 1.0}).status_code == 202
+
+
+def test_a_job_with_relax_keeps_each_structure_as_generated_and_as_relaxed(client, settings, sessions, checkpoint):
+    too_many = client.post("/design", json={"dataset": "perov_5", "target": 1.0, "relax": True,
+                                            "num_samples": settings.max_relax_samples + 1})
+    assert too_many.status_code == 422 and "relaxes at most" in too_many.text
+    plain = submit(client, num_samples=1, seed=3)
+    run_inline(settings, sessions, plain)
+    refused = client.get(f"/jobs/{plain}/structures/0.cif?cell=relaxed")
+    assert refused.status_code == 404 and "was not relaxed" in refused.json()["detail"]
+
+    job_id = submit(client, num_samples=3, seed=3, relax=True)
+    run_inline(settings, sessions, job_id)
+    job = client.get(f"/jobs/{job_id}").json()
+    assert job["request"]["relax"] is True
+    assert job["progress"]["phase"] == "relaxing" and job["progress"]["done"] == job["progress"]["total"] == 3
+    assert "relax" in job["timings"]["worker"]
+    relaxed = 0
+    for brief in job["structures"]:
+        detail = client.get(brief["links"]["self"]["href"]).json()
+        record = detail["relaxation"]
+        assert set(record) >= {"energy_before_ev_per_atom", "energy_after_ev_per_atom", "steps", "converged",
+                               "rms_displacement", "error"}
+        if record["error"] is None:
+            relaxed += 1
+            assert record["energy_after_ev_per_atom"] <= record["energy_before_ev_per_atom"] + 1e-6
+            assert "valid" in record and "predicted_property" in record
+            cif = client.get(brief["links"]["cif_relaxed"]["href"])
+            assert cif.status_code == 200 and cif.text == detail["relaxed_cif"]
+            assert "_relaxed.cif" in cif.headers["content-disposition"]
+        else:
+            assert detail["relaxed_cif"] is None and "cif_relaxed" not in brief["links"]
+    archive = zipfile.ZipFile(io.BytesIO(client.get(f"/jobs/{job_id}/bundle.zip").content))
+    assert len([n for n in archive.namelist() if n.startswith("cif_relaxed/")]) == relaxed
+    rows = list(csv.DictReader(io.StringIO(archive.read("summary.csv").decode())))
+    assert [row["relax_error"] == "" for row in rows] == [
+        client.get(b["links"]["self"]["href"]).json()["relaxation"]["error"] is None for b in job["structures"]]

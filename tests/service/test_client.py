@@ -23,6 +23,25 @@ def api(stack):
         yield xtaldiff
 
 
+def test_a_relaxed_job_gives_the_relaxed_cells_and_their_figures(api):
+    job_id = api.submit(dataset="perov_5", target=1.0, n=2, steps=5, seed=6, relax=True)
+    assert api.wait(job_id, timeout=180, progress=False)["progress"]["phase"] == "relaxing"
+    generated = api.structures(job_id)
+    records = {s.properties["index"]: s.properties["relaxation"] for s in generated}
+    assert records and all("energy_before_ev_per_atom" in r for r in records.values())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        relaxed = api.structures(job_id, cell="relaxed")
+    assert [s.properties["index"] for s in relaxed] == [i for i, r in records.items() if r["error"] is None]
+    for structure in relaxed:
+        assert structure.properties["relaxation"]["energy_after_ev_per_atom"] is not None
+        assert len(structure) == structure.properties["num_atoms"]
+    if len(relaxed) < len(records):
+        assert any("no relaxed cell" in str(w.message) for w in caught)
+    with pytest.raises(ValueError, match="cell must be one of p1, symmetrized, relaxed"):
+        api.structures(job_id, cell="niggli")
+
+
 def test_design_returns_structures_with_their_properties(api, tmp_path):
     models = api.models()
     assert models[0]["dataset"] == "perov_5"

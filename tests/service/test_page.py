@@ -190,6 +190,7 @@ def test_a_design_job_from_form_to_table_viewer_and_downloads(open_page, tmp_pat
     page.fill("#num-samples", "3")
     page.fill("#steps", "5")
     page.fill("#seed", "7")
+    page.check("#relax")
     page.click("#submit")
     expect(page.locator("#form-error")).to_be_hidden()
 
@@ -199,7 +200,8 @@ def test_a_design_job_from_form_to_table_viewer_and_downloads(open_page, tmp_pat
     assert page.text_content("#job-status") == "succeeded", page.text_content("#job-error")
     job_id = page.text_content("#job-id")
     assert page.evaluate("location.hash") == f"#job={job_id}"
-    expect(page.locator("#job-request")).to_contain_text("elements Ba, Ti, O · guidance 0 · 5 steps · seed 7")
+    expect(page.locator("#job-request")).to_contain_text(
+        "elements Ba, Ti, O · guidance 0 · 5 steps · seed 7 · relaxed with CHGNet")
     expect(page.locator("#job-progress")).to_have_js_property("value", 1)
     expect(page.locator("#job-summary")).to_contain_text("of 3 valid")
     rows = page.locator("#structures tbody tr")
@@ -225,6 +227,15 @@ def test_a_design_job_from_form_to_table_viewer_and_downloads(open_page, tmp_pat
     selected = page.get_attribute("#viewer", "data-shown")
     expect(page.locator("#structures tbody tr.selected")).to_have_attribute("data-index", selected)
     expect(page.locator("#structure-info")).to_contain_text(f"#{selected}:")
+    expect(page.locator("#structure-info")).to_contain_text("Relaxed (CHGNet)")
+    relaxed = page.evaluate("(async () => (await (await fetch(location.origin + "
+                            f"'/jobs/{job_id}/structures/{selected}', {{headers: {{Authorization: "
+                            f"'Bearer {API_KEY}'}}}})).json()).relaxed_cif !== null)()")
+    relaxed_button = page.locator("#download-cif-relaxed")
+    if relaxed:
+        expect(relaxed_button).to_be_visible()
+    else:
+        expect(relaxed_button).to_be_hidden()
     ink, single_cell = canvas_ink(page)
     assert ink > 0.002, "the viewer's canvas is blank"
     page.check("#supercell")
