@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
-from model.oracle import ORACLES, Oracle, untrained_network
+from model.oracle import Oracle, untrained_network
 from model.oracle_graphs import CrystalGraph, build_graphs
+from xtaldiff.datasets import DATASETS
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 MAE_FLOORS = {"perov_5": 0.05, "carbon_24": 0.01, "mp_20": 0.04}
@@ -41,7 +42,7 @@ def load_test_subset(dataset: str, n: int, seed: int) -> tuple[list[Structure], 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pymatgen reports every snapped coordinate
         structures = [Structure.from_str(row["cif"], fmt="cif") for row in rows]
-    labels = np.array([float(row[ORACLES[dataset].property_name]) for row in rows])
+    labels = np.array([float(row[DATASETS[dataset].property_name]) for row in rows])
     return structures, labels
 
 
@@ -71,7 +72,7 @@ def bench(dataset: str, n: int, workers: int, seed: int) -> dict:
         "test_structures": len(structures),
         "unpredicted": len(structures) - len(built),
         "mae": round(mae, 4),
-        "unit": ORACLES[dataset].unit,
+        "unit": DATASETS[dataset].unit,
         "mae_floor": MAE_FLOORS[dataset],
         "meets_floor": mae <= MAE_FLOORS[dataset],
         "structures_per_s_with_crystalnn": round(len(structures) / (graphs_s + network_s[default_threads]), 2),
@@ -88,7 +89,7 @@ def emit(record: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", action="append", choices=list(ORACLES))
+    parser.add_argument("--dataset", action="append", choices=list(DATASETS))
     parser.add_argument("--n", type=int, default=400, help="test structures per dataset")
     parser.add_argument("--workers", type=int, default=2, help="CrystalNN processes")
     parser.add_argument("--seed", type=int, default=0)
@@ -105,7 +106,7 @@ def main() -> None:
             "network_build_s": round(time.perf_counter() - started, 1),
         }
     )
-    for dataset in args.dataset or list(ORACLES):
+    for dataset in args.dataset or list(DATASETS):
         emit(bench(dataset, args.n, args.workers, args.seed))
 
 

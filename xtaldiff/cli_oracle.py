@@ -104,7 +104,8 @@ def predict(
 ) -> None:
     """Predict the dataset's property for every structure with CDVAE's DimeNet++ oracle."""
     from model.metrics import validity
-    from model.oracle import ORACLES, Oracle, OracleUnavailable
+    from model.oracle import Oracle, OracleUnavailable
+    from xtaldiff.datasets import DATASETS
 
     try:
         entries = read_inputs(input_path)
@@ -117,7 +118,7 @@ def predict(
         raise _fail(str(error)) from None
     predictions = iter(oracle.predict(structures, workers=workers, timeout_s=timeout, progress=len(structures) > 20))
 
-    spec = ORACLES[dataset.value]
+    spec = DATASETS[dataset.value]
     value_column = f"predicted_{spec.property_name}_{spec.unit.replace('/', '_per_')}"
     columns = ["id", "formula", "num_atoms", value_column, "structural_valid", "compositional_valid", "reason"]
     buffer = io.StringIO()
