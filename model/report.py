@@ -275,7 +275,8 @@ def run_evaluation(
     if settings.relax_n > 0:
         threshold = DATASETS[dataset].cdvae_thresholds[0]
         chosen = [i for i, value in enumerate(values) if value is not None and value <= threshold][: settings.relax_n]
-        relaxation = relaxation_report([structures[i] for i in chosen], oracle, threshold, settings.workers)
+        relaxation = relaxation_report([structures[i] for i in chosen], oracle, threshold, settings.workers,
+                                       dataset)
     relax_s = time.time() - relax_started
 
     conditioning = None
@@ -364,9 +365,12 @@ def sr5_successes(structures, values, validities, novel_of_valid: list[bool], th
     }
 
 
-def relaxation_report(successes: Sequence[Structure], oracle: Oracle, threshold: float, workers: int) -> dict:
-    """Relax SR5 successes with CHGNet; how many the oracle still counts as successes, how far
-    they moved, how their energy fell."""
+def relaxation_report(successes: Sequence[Structure], oracle: Oracle, threshold: float, workers: int,
+                      dataset: str) -> dict:
+    """Relax SR5 successes with CHGNet; how many the oracle still counts as successes (and, for
+    a formation-energy set, CHGNet's own formation energy), how far they moved, how their
+    energy fell."""
+    from model.formation import FORMATION_DATASETS, elemental_references, formation_energy
     from model.relax import CHGNET_VERSION, FMAX, MAX_STEPS, relax_all
 
     started = time.time()
@@ -379,10 +383,17 @@ def relaxation_report(successes: Sequence[Structure], oracle: Oracle, threshold:
     moved = [r.rms_displacement for r in results if r.rms_displacement is not None]
     drops = [r.energy_before - r.energy_after for r in results if r.energy_after is not None]
     count = max(1, len(results))
+    by_chgnet = None
+    if dataset in FORMATION_DATASETS:
+        references = elemental_references(dataset)
+        energies = [formation_energy(r.relaxed.composition, r.energy_after, references)[0]
+                    if r.relaxed is not None else None for r in results]
+        by_chgnet = sum(e is not None and e <= threshold for e in energies) / count
     return {
         "potential": f"CHGNet {CHGNET_VERSION}, FIRE on the cell filter, fmax {FMAX} eV/A, at most {MAX_STEPS} steps",
         "relaxed": len(results),
         "still_sr5_success_by_oracle": sum(still) / count,
+        "still_sr5_success_by_chgnet_formation_energy": by_chgnet,
         "converged": sum(r.converged for r in results) / count,
         "failed": sum(r.error is not None for r in results),
         "no_match": sum(r.relaxed is not None and r.rms_displacement is None for r in results) / count,
@@ -541,7 +552,10 @@ def render_markdown(report: dict) -> str:
             "",
             f"{relaxed['relaxed']} SR5 successes relaxed ({relaxed['potential']}): "
             f"{relaxed['still_sr5_success_by_oracle']:.3f} are still SR5 successes by the oracle on the relaxed "
-            f"structure; {relaxed['converged']:.3f} converged, {relaxed['failed']} could not be evaluated, "
+            f"structure"
+            + ("" if relaxed.get("still_sr5_success_by_chgnet_formation_energy") is None else
+               f", {relaxed['still_sr5_success_by_chgnet_formation_energy']:.3f} by CHGNet's formation energy")
+            + f"; {relaxed['converged']:.3f} converged, {relaxed['failed']} could not be evaluated, "
             f"{relaxed['no_match']:.3f} no longer match their generated structure; median RMS displacement "
             f"{'n/a' if moved is None else f'{moved:.3f}'}, median energy drop "
             f"{relaxed['median_energy_drop_ev_per_atom']} eV/atom, "

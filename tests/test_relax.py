@@ -94,7 +94,9 @@ def test_the_weights_are_read_without_unpickling_objects(monkeypatch):
     assert calls == [True]
 
 
-def test_the_report_counts_survivors_with_the_oracle_on_the_relaxed_structures(small_mp20):
+def test_the_report_counts_survivors_with_the_oracle_and_chgnet_on_the_relaxed_structures(small_mp20,
+                                                                                          monkeypatch):
+    from model import formation
     from model.oracle import Oracle
     from model.report import relaxation_report
 
@@ -102,12 +104,25 @@ def test_the_report_counts_survivors_with_the_oracle_on_the_relaxed_structures(s
     strained = small_mp20.copy()
     strained.apply_strain(0.06)
     predicted = [p.value for p in oracle.predict([small_mp20], workers=1)]
-    lenient = relaxation_report([small_mp20, strained], oracle, threshold=predicted[0] + 1.0, workers=1)
+    elements = [el.symbol for el in small_mp20.composition.elements]
+    # References far below any real energy make every formation energy huge: no CHGNet survivor.
+    monkeypatch.setattr(formation, "elemental_references",
+                        lambda dataset: {el: {"energy_per_atom": -100.0} for el in elements})
+    lenient = relaxation_report([small_mp20, strained], oracle, threshold=predicted[0] + 1.0, workers=1,
+                                dataset="mp_20")
     assert lenient["relaxed"] == 2 and lenient["still_sr5_success_by_oracle"] == 1.0
+    assert lenient["still_sr5_success_by_chgnet_formation_energy"] == 0.0
     assert lenient["converged"] == 1.0 and lenient["failed"] == 0
     assert 0 <= lenient["median_rms_displacement"] < 0.1 and lenient["median_energy_drop_ev_per_atom"] > 0
-    strict = relaxation_report([small_mp20], oracle, threshold=predicted[0] - 1.0, workers=1)
+    # References at zero make the formation energy CHGNet's energy per atom, below any threshold here.
+    monkeypatch.setattr(formation, "elemental_references",
+                        lambda dataset: {el: {"energy_per_atom": 0.0} for el in elements})
+    assert relaxation.relax(small_mp20).energy_after < predicted[0] - 1.0
+    strict = relaxation_report([small_mp20], oracle, threshold=predicted[0] - 1.0, workers=1, dataset="mp_20")
     assert strict["still_sr5_success_by_oracle"] == 0.0
+    assert strict["still_sr5_success_by_chgnet_formation_energy"] == 1.0
+    assert relaxation_report([small_mp20], oracle, threshold=0.0, workers=1, dataset="perov_5")[
+        "still_sr5_success_by_chgnet_formation_energy"] is None
 
 
 def test_design_relax_writes_the_relaxed_cif_beside_the_generated_one(tiny_checkpoint, tmp_path, monkeypatch,

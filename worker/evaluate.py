@@ -44,10 +44,12 @@ def relax(structures, rows: list[dict], *, dataset: str, oracle: bool, oracle_wo
           progress) -> None:
     """Relax each structure with CHGNet (model.relax); its row gains the relaxed cell as a P1
     CIF and `relaxation`: CHGNet's energies, steps, convergence and displacement, with the
-    validity and the oracle's prediction of the relaxed structure. progress(done, total)
-    after each structure: where a cancelled job stops."""
+    validity and the oracle's prediction of the relaxed structure, and for a formation-energy
+    dataset (mp_20) CHGNet's own formation energy. progress(done, total) after each structure:
+    where a cancelled job stops."""
     from pymatgen.io.cif import CifWriter
 
+    from model.formation import FORMATION_DATASETS, elemental_references, formation_energy
     from model.relax import relax_all
 
     results = relax_all(structures, progress=progress)
@@ -65,4 +67,8 @@ def relax(structures, rows: list[dict], *, dataset: str, oracle: bool, oracle_wo
                 valid=bool(found["valid_structure"] and found["valid_composition"]),
             )
             row["relaxed_cif"] = str(CifWriter(result.relaxed))
+            if dataset in FORMATION_DATASETS:
+                energy, why = formation_energy(result.relaxed.composition, result.energy_after,
+                                               elemental_references(dataset))
+                record.update(formation_energy_chgnet=energy, formation_energy_note=why)
         row["relaxation"] = record
