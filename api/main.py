@@ -9,6 +9,7 @@ from api import errors
 from api.cache import FinishedJobCache
 from api.limits import DESIGN_BODY_BYTES, AdminFirst, BodySizeLimit
 from api.metrics import Metrics, MetricsMiddleware
+from api.openapi import openapi_with_limits
 from api.routes import admin, design, jobs, models, ops, page
 from xtaldiff.broker import create_celery
 from xtaldiff.db import session_factory
@@ -42,4 +43,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outside the size limits and the routes: no upload byte is read before the token is checked.
     app.add_middleware(AdminFirst, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.openapi = lambda: openapi_with_limits(app, settings)
     return app

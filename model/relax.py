@@ -8,8 +8,10 @@ and how its energy falls. CHGNet's weights ship inside its PyPI wheel: no downlo
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
+import io
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -64,7 +66,7 @@ def load_chgnet():
     path = importlib.resources.files("chgnet") / "pretrained" / CHGNET_VERSION / CHGNET_FILE
     with importlib.resources.as_file(path) as file:
         state = torch.load(file, map_location="cpu", weights_only=True)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its size
         warnings.simplefilter("ignore")
         model = CHGNet.from_dict(state["model"])
     return model.eval()
@@ -76,7 +78,8 @@ def _calculator():
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # An atom with no neighbour within CHGNet's cutoff has no force: refuse it rather than relax it.
-    return CHGNetCalculator(model=load_chgnet(), use_device=device, on_isolated_atoms="error")
+    with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints the device
+        return CHGNetCalculator(model=load_chgnet(), use_device=device, on_isolated_atoms="error")
 
 
 def relax(structure: Structure, fmax: float = FMAX, max_steps: int = MAX_STEPS) -> Relaxation:

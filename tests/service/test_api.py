@@ -242,6 +242,22 @@ def test_openapi_describes_every_field_and_gives_request_examples(client):
     assert math.isfinite(design["examples"][0]["target"])
 
 
+def test_openapi_declares_this_servers_caps_on_a_design_request(settings, checkpoint):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    capped = settings.model_copy(update={"max_num_samples": 250, "max_steps": 400, "max_guidance": 3.0})
+    with TestClient(create_app(capped)) as client:
+        fields = client.get("/openapi.json").json()["components"]["schemas"]["DesignRequest"]["properties"]
+        assert fields["num_samples"]["maximum"] == 250
+        assert [b.get("maximum") for b in fields["steps"]["anyOf"]] == [400, None]
+        assert [b.get("maximum") for b in fields["guidance"]["anyOf"]] == [3.0, None]
+        assert fields["sampler"]["anyOf"][0]["enum"] == ["rescaled", "paper"]
+        refused = client.post("/design", json={"dataset": "perov_5", "target": 0.1, "num_samples": 251})
+        assert refused.status_code == 422 and "at most 250" in refused.text
+
+
 def test_a_request_without_guidance_or_steps_runs_at_the_models_defaults(client, sessions, tmp_path):
     from model.checkpoint import read_metadata, rewrite_metadata
     from tests.conftest import tiny_checkpoint_file
