@@ -8,8 +8,8 @@ from fastapi.staticfiles import StaticFiles
 from api import errors
 from api.cache import FinishedJobCache
 from api.limits import DESIGN_BODY_BYTES, AdminFirst, BodySizeLimit
-from api.metrics import Metrics, MetricsMiddleware
 from api.openapi import openapi_with_limits
+from api.prometheus import Metrics, MetricsMiddleware
 from api.routes import admin, design, jobs, models, ops, page
 from xtaldiff.broker import create_celery
 from xtaldiff.db import session_factory

@@ -136,11 +136,11 @@ def test_metrics_on_empty_sets():
     assert metrics.uniqueness([]).fraction == 0.0
 
 
-def test_worker_evaluate_and_predict_judge_a_structure_alike_even_past_ten_elements():
+def test_worker_scoring_and_predict_judge_a_structure_alike_even_past_ten_elements():
     from pymatgen.core import Lattice, Structure
 
     from model.metrics import validity
-    from worker.evaluate import evaluate
+    from worker.scoring import score
 
     symbols = ["Li", "Na", "K", "Mg", "Ca", "Sr", "Ba", "Ti", "Zr", "Nb", "O"]  # 11 elements
     many = Structure(Lattice.cubic(12.0), symbols, [[i / 11, (3 * i % 11) / 11, 0.5] for i in range(11)])
@@ -149,7 +149,7 @@ def test_worker_evaluate_and_predict_judge_a_structure_alike_even_past_ten_eleme
     for structure in (many, perovskite):
         checks = validity(structure)
         row = {}
-        evaluate([structure], [row], dataset="perov_5", oracle=False)
+        score([structure], [row], dataset="perov_5", oracle=False)
         assert (row["valid_structure"], row["valid_composition"], row["invalid_reason"]) == (
             checks.structural, checks.compositional, checks.reason)
     unchecked = validity(many)

@@ -19,8 +19,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.checkpoints import load_cached, local_checkpoint
-from worker.evaluate import evaluate, relax
 from worker.records import structure_record
+from worker.scoring import relax, score
 from xtaldiff import queries
 from xtaldiff.broker import send
 from xtaldiff.settings import Settings
@@ -169,8 +169,8 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
                 )
             with _timed(timings, "analyse"):
                 rows = [structure_record(s) for s in structures]
-            with _timed(timings, "evaluate"):
-                evaluate(structures, rows, dataset=job.dataset, oracle=settings.oracle,
+            with _timed(timings, "score"):
+                score(structures, rows, dataset=job.dataset, oracle=settings.oracle,
                          oracle_workers=settings.oracle_workers)
             if request.get("relax"):
                 hb.phase = "relaxing"

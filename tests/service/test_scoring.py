@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pymatgen.core import Lattice, Structure
 
-from worker.evaluate import evaluate
 from worker.records import structure_record
+from worker.scoring import score
 
 
 def perovskite() -> Structure:
@@ -37,7 +37,7 @@ def test_validity_and_predictions_land_in_the_right_rows(monkeypatch):
         lambda cls, dataset: FakeOracle()))
     structures = [perovskite(), squashed()]
     rows = [structure_record(s) for s in structures]
-    evaluate(structures, rows, dataset="perov_5", oracle=True)
+    score(structures, rows, dataset="perov_5", oracle=True)
     good, bad = rows
     assert (good["valid_structure"], good["valid_composition"]) == (True, True)
     assert good["predicted_property"] == -1.5 and good["prediction_note"] is None
@@ -53,7 +53,7 @@ def test_oracle_unavailable_leaves_a_note(monkeypatch):
 
     monkeypatch.setattr(oracle_module.Oracle, "for_dataset", classmethod(unavailable))
     rows = [structure_record(perovskite())]
-    evaluate([perovskite()], rows, dataset="perov_5", oracle=True)
+    score([perovskite()], rows, dataset="perov_5", oracle=True)
     assert rows[0]["prediction_note"] == "oracle unavailable: weights not installed"
 
 
@@ -62,6 +62,6 @@ def test_compositions_too_large_for_smact_are_left_unchecked():
                "Ni", "Cu", "O", "S", "N", "F"]
     many = Structure(Lattice.cubic(12.0), symbols, [[i / 20, (i % 5) / 5, 0] for i in range(20)])
     rows = [structure_record(many)]
-    evaluate([many], rows, dataset="mp_20", oracle=False)
+    score([many], rows, dataset="mp_20", oracle=False)
     assert rows[0]["valid_composition"] is None
     assert "20 distinct elements" in rows[0]["invalid_reason"]

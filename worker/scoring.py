@@ -1,4 +1,5 @@
-"""Validity checks and the oracle's prediction, added to each structure's record."""
+"""Scoring each designed structure: validity and the oracle's prediction added to its record,
+and for a job with `relax` its CHGNet relaxation."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 log = logging.getLogger(__name__)
 
 
-def evaluate(structures, rows: list[dict], *, dataset: str, oracle: bool,
+def score(structures, rows: list[dict], *, dataset: str, oracle: bool,
              oracle_workers: int = 1) -> None:
     """Fill the validity and prediction columns of ``rows`` (one per structure)."""
     from model.metrics import validity
@@ -56,7 +57,7 @@ def relax(structures, rows: list[dict], *, dataset: str, oracle: bool, oracle_wo
     relaxed = [result.relaxed for result in results if result.relaxed is not None]
     checked = [{} for _ in relaxed]
     if relaxed:
-        evaluate(relaxed, checked, dataset=dataset, oracle=oracle, oracle_workers=oracle_workers)
+        score(relaxed, checked, dataset=dataset, oracle=oracle, oracle_workers=oracle_workers)
     checked_rows = iter(checked)
     for row, result in zip(rows, results, strict=True):
         record = result.as_dict()
