@@ -14,6 +14,7 @@ from api.errors import BadRequest
 from api.schemas import MAX_SEED, DesignRequest
 from xtaldiff import queries
 from xtaldiff.checkpoint_file import default_guidance, default_steps
+from xtaldiff.design_params import DesignParams
 from xtaldiff.elements import SYMBOLS
 from xtaldiff.samplers import DEFAULT_SAMPLER
 from xtaldiff.settings import Settings
@@ -30,7 +31,7 @@ REFUSE_BEYOND_RANGES = 1.0
 @dataclass(frozen=True)
 class DesignPlan:
     checkpoint: Checkpoint
-    request: dict  # as run: defaults filled, seed drawn
+    params: DesignParams  # the request as run: defaults filled, seed drawn
     warnings: list[str]
 
 
@@ -69,15 +70,17 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
         raise BadRequest(
             f"guidance is {request.guidance}; at most {settings.max_guidance} is allowed"
         )
-    resolved = request.model_dump()
-    resolved.update(
-        model=checkpoint.name, dataset=checkpoint.dataset, elements=elements,
+    params = DesignParams(
+        model=checkpoint.name, dataset=checkpoint.dataset, target=request.target,
+        num_samples=request.num_samples, num_atoms=request.num_atoms,
+        elements=None if elements is None else tuple(elements),
         guidance=request.guidance if request.guidance is not None else default_guidance(meta),
         steps=request.steps if request.steps is not None else min(default_steps(meta), settings.max_steps),
         sampler=request.sampler or DEFAULT_SAMPLER,
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
+        relax=request.relax,
     )
-    return DesignPlan(checkpoint, resolved, warnings)
+    return DesignPlan(checkpoint, params, warnings)
 
 
 def _resolve_model(session: Session, *, request: DesignRequest) -> Checkpoint:

@@ -23,6 +23,7 @@ from worker.records import structure_record
 from worker.scoring import relax, score
 from xtaldiff import queries
 from xtaldiff.broker import send
+from xtaldiff.design_params import DesignParams
 from xtaldiff.settings import Settings
 from xtaldiff.states import DESIGN_TASK, VALIDATE_CHECKPOINT_TASK, JobStatus
 from xtaldiff.summary import summarize
@@ -150,7 +151,7 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
         return None
     with sessions() as session:
         job = queries.get_job(session, job_id=job_id)
-    request = job.request
+    params = DesignParams.from_json(job.request)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with Heartbeat(sessions, job_id=job_id, attempt=attempt, every_s=settings.heartbeat_s) as hb:
@@ -161,10 +162,9 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
                 model = load_cached(path)
             with _timed(timings, "sample"):
                 structures = design(
-                    model, n=request["num_samples"], target=request["target"],
-                    num_atoms=request["num_atoms"], elements=request["elements"],
-                    guidance=request["guidance"], steps=request["steps"], sampler=request.get("sampler"),
-                    seed=request["seed"],
+                    model, n=params.num_samples, target=params.target, num_atoms=params.num_atoms,
+                    elements=params.elements, guidance=params.guidance, steps=params.steps,
+                    sampler=params.sampler, seed=params.seed,
                     batch_size=settings.sample_batch_size, progress=hb.progress,
                 )
             with _timed(timings, "analyse"):
@@ -172,7 +172,7 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
             with _timed(timings, "score"):
                 score(structures, rows, dataset=job.dataset, oracle=settings.oracle,
                          oracle_workers=settings.oracle_workers)
-            if request.get("relax"):
+            if params.relax:
                 hb.phase = "relaxing"
                 with _timed(timings, "relax"):
                     relax(structures, rows, dataset=job.dataset, oracle=settings.oracle,
@@ -197,7 +197,7 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
                         timings, started)
         # Still under the heartbeat: while the write waits out a database outage, the job
         # stays this worker's.
-        summary = summarize(rows, target=request["target"])
+        summary = summarize(rows, target=params.target)
         timings["total"] = round(time.perf_counter() - started, 3)
         written = write_results(sessions, job_id=job_id, attempt=attempt, rows=rows,
                                 summary=summary, timings=timings,

@@ -34,7 +34,7 @@ def submit_design(
             f"{pending} of your jobs are queued or running, the most this server takes per "
             f"{'API key' if owner else 'caller'}: retry when some have finished, or cancel some"
         )
-    job = queries.create_job(session, checkpoint=plan.checkpoint, request=plan.request,
+    job = queries.create_job(session, checkpoint=plan.checkpoint, request=plan.params.as_json(),
                              warnings=plan.warnings, owner=owner)
     # Committed before the task is sent, so a worker never looks for a job not yet written.
     session.commit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from worker.jobs import requeue_lost_jobs
 from xtaldiff import queries
 from xtaldiff.broker import create_celery
+from xtaldiff.design_params import DesignParams
 from xtaldiff.states import JobStatus
 from xtaldiff.summary import summarize
 from xtaldiff.tables import Checkpoint, Job, StructureRow, utcnow
@@ -185,8 +187,10 @@ def test_a_flood_from_one_key_does_not_starve_another(settings, sessions, checkp
     def job_of(owner: str) -> str:
         with sessions() as session:
             job = queries.create_job(session, checkpoint=session.get(Checkpoint, checkpoint.sha256),
-                                     request={"target": 1.0, "num_samples": 1, "num_atoms": None,
-                                              "elements": None, "guidance": 0.0, "steps": 2, "seed": 0},
+                                     request=DesignParams(
+                                         model=checkpoint.name, dataset="perov_5", target=1.0, num_samples=1,
+                                         num_atoms=None, elements=None, guidance=0.0, steps=2,
+                                         sampler="rescaled", seed=0).as_json(),
                                      warnings=[], owner=owner)
             session.commit()
             return job.id
@@ -205,3 +209,13 @@ def test_a_flood_from_one_key_does_not_starve_another(settings, sessions, checkp
         run_design(message, settings=settings, sessions=sessions)
     with sessions() as session:
         assert all(session.get(Job, j).status == "succeeded" for j in [*flood, small])
+
+
+def test_a_stored_request_reads_back_as_the_same_params_and_old_jobs_take_the_defaults():
+    params = DesignParams(model="m", dataset="mp_20", target=-1.5, num_samples=3, num_atoms=None,
+                          elements=("Li", "O"), guidance=0.5, steps=100, sampler="paper", seed=9, relax=True)
+    assert DesignParams.from_json(json.loads(json.dumps(params.as_json()))) == params
+    before_samplers = {"model": "m", "dataset": "perov_5", "target": 0.1, "num_samples": 2, "num_atoms": 5,
+                       "elements": None, "guidance": 0.0, "steps": None, "seed": 1}
+    old = DesignParams.from_json(before_samplers)
+    assert (old.sampler, old.relax, old.steps, old.elements) == ("rescaled", False, None, None)
