@@ -18,10 +18,8 @@ from safetensors.torch import save_file
 
 from model.diffusion import DiffusionConfig, Schedule
 from model.network import Denoiser, DenoiserConfig
+from xtaldiff.checkpoint_file import FORMAT, FORMAT_VERSION, META_KEY, CheckpointFileError, check_metadata
 
-FORMAT = "xtaldiff-checkpoint"
-FORMAT_VERSION = 1
-META_KEY = "xtaldiff"
 SCHEDULE_PREFIX = "schedule."
 REQUIRED_KEYS = ("dataset", "conditioning", "property", "elements", "num_atoms", "network", "diffusion", "sampling")
 
@@ -108,14 +106,9 @@ def read_metadata(path: Path | str) -> dict:
     if META_KEY not in header:
         raise CheckpointError(f"{path} is a safetensors file but not an xtaldiff checkpoint (no '{META_KEY}' metadata)")
     try:
-        meta = json.loads(header[META_KEY])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: the metadata is not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; "
-            f"this xtaldiff reads {FORMAT!r} version {FORMAT_VERSION}"
-        )
+        meta = check_metadata(header)
+    except CheckpointFileError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise CheckpointError(f"{path}: metadata lacks {missing}")

@@ -23,7 +23,8 @@ DTYPE_BYTES = {
     "U32": 4, "I32": 4, "F32": 4,
     "U64": 8, "I64": 8, "F64": 8,
 }
-FORMAT = "xtaldiff-checkpoint"  # model.checkpoint writes this; the API cannot import it
+FORMAT = "xtaldiff-checkpoint"  # model.checkpoint writes it, every reader checks it here
+META_KEY = "xtaldiff"  # the __metadata__ entry holding the JSON header
 FORMAT_VERSION = 1
 CONDITIONINGS = ("cdi", "cds")
 REQUIRED_PROPERTY_KEYS = ("name", "unit", "min", "max", "mean", "std")
@@ -85,7 +86,7 @@ def inspect_checkpoint(stream: BinaryIO) -> CheckpointFile:
         raise CheckpointFileError("safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None)
     num_tensors = _check_tensors(header, data_bytes=size - 8 - header_len)
-    meta = _xtaldiff_metadata(metadata)
+    meta = check_metadata(metadata)
     stream.seek(0)
     digest = hashlib.sha256()
     while chunk := stream.read(1 << 20):
@@ -149,15 +150,17 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _xtaldiff_metadata(metadata: object) -> dict:
-    if not isinstance(metadata, dict) or "xtaldiff" not in metadata:
+def check_metadata(metadata: object) -> dict:
+    """The xtaldiff header of a safetensors `__metadata__` dict, checked field by field: the one
+    check every reader (the API's upload, the model loader) runs. Raises CheckpointFileError."""
+    if not isinstance(metadata, dict) or META_KEY not in metadata:
         raise CheckpointFileError(
             "no xtaldiff metadata in the header (__metadata__.xtaldiff): "
             "save checkpoints with model.checkpoint"
         )
-    if not isinstance(metadata["xtaldiff"], str):
+    if not isinstance(metadata[META_KEY], str):
         raise CheckpointFileError("xtaldiff metadata must be a JSON string")
-    meta = _parse_json(metadata["xtaldiff"], "xtaldiff metadata")
+    meta = _parse_json(metadata[META_KEY], "xtaldiff metadata")
     if not isinstance(meta, dict):
         raise CheckpointFileError("xtaldiff metadata is not a JSON object")
     if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
