@@ -62,15 +62,15 @@ def parse_cif(cif: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     As in CDVAE's pipeline: Niggli-reduce (not primitive-reduce), then rebuild the lattice from
     its parameters so that every structure has the same canonical orientation.
     """
-    from pymatgen.core import Lattice, Structure
+    from pymatgen.core import Structure
+
+    from model.geometry import canonical_niggli_cell
 
     with warnings.catch_warnings():
         # pymatgen reports every coordinate it snaps to a special position; it is not an error.
         warnings.filterwarnings("ignore", "Issues encountered while parsing CIF")
-        structure = Structure.from_str(cif, fmt="cif").get_reduced_structure()
-    lattice = Lattice.from_parameters(*structure.lattice.parameters)
-    frac = np.mod(structure.frac_coords, 1.0)
-    return lattice.matrix, frac, np.array(structure.atomic_numbers, dtype=np.int64)
+        structure = canonical_niggli_cell(Structure.from_str(cif, fmt="cif"))
+    return structure.lattice.matrix, structure.frac_coords, np.array(structure.atomic_numbers, dtype=np.int64)
 
 
 def _read_rows(csv_path: Path, property_name: str, limit: int | None) -> list[dict[str, str]]:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from pymatgen.core import Element, Structure
 
+from model.geometry import closest_pair
+
 MIN_DISTANCE = 0.5  # A, shortest periodic distance, own images included
 MIN_VOLUME = 0.1  # A^3
 PERCENTILES = (5, 10, 15)
@@ -53,13 +55,9 @@ def structural_problem(structure: Structure) -> str | None:
         return "non-finite lattice or coordinates"
     if structure.volume < MIN_VOLUME:
         return f"cell volume {structure.volume:.3g} A^3 (< {MIN_VOLUME} A^3)"
-    if len(structure) > 1:
-        distances = structure.distance_matrix
-        np.fill_diagonal(distances, np.inf)
-        shortest = distances.min()
-        if shortest < MIN_DISTANCE:
-            i, j = np.unravel_index(distances.argmin(), distances.shape)
-            return f"sites {i} and {j} are {shortest:.3f} A apart (< {MIN_DISTANCE} A)"
+    shortest, i, j = closest_pair(structure)
+    if shortest < MIN_DISTANCE:
+        return f"sites {i} and {j} are {shortest:.3f} A apart (< {MIN_DISTANCE} A)"
     return None
 
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 import numpy as np
-from pymatgen.core import Lattice, Structure
+from pymatgen.core import Structure
 
+from model.geometry import canonical_niggli_cell, shortest_distance
 from model.metrics import MIN_DISTANCE  # CDVAE's validity cut, also the oracle's
 
 # Guard thresholds. The training sets span 5.4-202 A^3 per atom and at most 16 CrystalNN bonds
@@ -82,27 +83,6 @@ def screen(structure: Structure) -> str | None:
     if not MIN_VOLUME_PER_ATOM <= volume_per_atom <= MAX_VOLUME_PER_ATOM:
         return f"volume per atom {volume_per_atom:.3g} A^3 outside [{MIN_VOLUME_PER_ATOM}, {MAX_VOLUME_PER_ATOM}]"
     return None
-
-
-def shortest_distance(structure: Structure) -> float:
-    """Shortest periodic distance between atoms, an atom and its own images included (A).
-
-    Expects a Niggli-reduced cell, whose first lattice vector is the shortest lattice vector.
-    """
-    distances = structure.distance_matrix
-    np.fill_diagonal(distances, np.inf)
-    return float(min(distances.min(), structure.lattice.abc[0]))
-
-
-def canonical_niggli_cell(structure: Structure) -> Structure:
-    """Niggli-reduce and rebuild from lattice parameters, as CDVAE's ``build_crystal`` did."""
-    reduced = structure.get_reduced_structure()
-    return Structure(
-        lattice=Lattice.from_parameters(*reduced.lattice.parameters),
-        species=reduced.species,
-        coords=reduced.frac_coords,
-        coords_are_cartesian=False,
-    )
 
 
 def crystal_graph(structure: Structure) -> CrystalGraph | GraphFailure:
