@@ -92,12 +92,12 @@ def relax(structure: Structure, fmax: float = FMAX, max_steps: int = MAX_STEPS) 
     atoms.calc = _calculator()
     n = len(atoms)
     try:
-        energy_before = float(atoms.get_potential_energy()) / n
-        optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # CHGNet warns on every call about a tensor it converts
             warnings.simplefilter("ignore")
+            energy_before = float(atoms.get_potential_energy()) / n
+            optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
             converged = bool(optimizer.run(fmax=fmax, steps=max_steps))
-        energy_after = float(atoms.get_potential_energy()) / n
+            energy_after = float(atoms.get_potential_energy()) / n
     except (ValueError, RuntimeError, IndexError) as exc:  # e.g. an atom with no neighbour in the cutoff
         return Relaxation(None, None, None, 0, False, None, f"CHGNet could not evaluate it: {exc}")
     if not (math.isfinite(energy_before) and math.isfinite(energy_after)):
