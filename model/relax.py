@@ -25,6 +25,11 @@ CHGNET_VERSION = "0.3.0"
 CHGNET_FILE = "chgnet_0.3.0_e29f68s314m37.pth.tar"
 FMAX = 0.1  # eV/A: forces (and stress, through the cell filter) below this count as relaxed
 MAX_STEPS = 200  # FIRE steps before a relaxation is given up as not converged
+# CHGNet's neighbour lists grow as 1 / (volume per atom): a generated cell that is, or collapses
+# to, far denser than any solid (the densest hold ~5 A^3 per atom) exhausted 24 GB in one run.
+# Relaxation stops there, and likewise when the cell swells past MAX_SWELLING times its volume.
+MIN_VOLUME_PER_ATOM = 3.0  # A^3
+MAX_SWELLING = 8.0
 
 
 class RelaxationUnavailable(RuntimeError):
@@ -89,14 +94,24 @@ def relax(structure: Structure, fmax: float = FMAX, max_steps: int = MAX_STEPS) 
     from pymatgen.io.ase import AseAtomsAdaptor
 
     atoms = AseAtomsAdaptor.get_atoms(structure)
-    atoms.calc = _calculator()
     n = len(atoms)
+    volume = atoms.get_volume()
+    unbounded = _volume_problem(volume, volume, n)
+    if unbounded:
+        return Relaxation(None, None, None, 0, False, None, unbounded)
+    atoms.calc = _calculator()
     try:
         with warnings.catch_warnings():  # CHGNet warns on every call about a tensor it converts
             warnings.simplefilter("ignore")
             energy_before = float(atoms.get_potential_energy()) / n
             optimizer = FIRE(FrechetCellFilter(atoms), logfile=None)
-            converged = bool(optimizer.run(fmax=fmax, steps=max_steps))
+            converged = False
+            for converged in optimizer.irun(fmax=fmax, steps=max_steps):  # noqa: B007 (the last value counts)
+                unbounded = _volume_problem(atoms.get_volume(), volume, n)
+                if unbounded:
+                    return Relaxation(None, None, None, optimizer.nsteps, False, None,
+                                      f"{unbounded} after {optimizer.nsteps} FIRE steps")
+            converged = bool(converged)
             energy_after = float(atoms.get_potential_energy()) / n
     except (ValueError, RuntimeError, IndexError) as exc:  # e.g. an atom with no neighbour in the cutoff
         return Relaxation(None, None, None, 0, False, None, f"CHGNet could not evaluate it: {exc}")
@@ -106,6 +121,14 @@ def relax(structure: Structure, fmax: float = FMAX, max_steps: int = MAX_STEPS) 
     relaxed = Structure(relaxed.lattice, relaxed.species, np.mod(relaxed.frac_coords, 1.0))
     return Relaxation(relaxed, energy_before, energy_after, int(optimizer.nsteps), converged,
                       displacement(structure, relaxed))
+
+
+def _volume_problem(volume: float, start: float, n: int) -> str | None:
+    if volume / n < MIN_VOLUME_PER_ATOM:
+        return f"cell at {volume / n:.2f} A^3 per atom, denser than any solid (< {MIN_VOLUME_PER_ATOM}): not relaxed"
+    if volume > MAX_SWELLING * start:
+        return f"cell swelled to {volume / start:.1f} times its volume: not relaxed"
+    return None
 
 
 def displacement(generated: Structure, relaxed: Structure) -> float | None:

@@ -147,3 +147,16 @@ def test_design_relax_writes_the_relaxed_cif_beside_the_generated_one(tiny_check
     assert first["converged"] and relaxed.composition == small_mp20.composition
     assert first["file"] == rows[0]["file"].replace(".cif", "_relaxed.cif")
     assert second["error"] and "file" not in second
+
+
+def test_a_cell_denser_than_any_solid_is_refused_before_chgnet_sees_it(monkeypatch):
+    dense = Structure(Lattice.cubic(1.3), ["Si"], [[0, 0, 0]])  # 2.2 A^3 per atom
+    monkeypatch.setattr(relaxation, "_calculator", lambda: pytest.fail("CHGNet was called"))
+    result = relaxation.relax(dense)
+    assert result.relaxed is None and "denser than any solid" in result.error and result.steps == 0
+
+
+def test_relaxation_stops_where_the_cell_collapses_or_swells():
+    assert relaxation._volume_problem(40.0, 40.0, 4) is None
+    assert "denser than any solid" in relaxation._volume_problem(10.0, 40.0, 4)
+    assert "swelled to 9.0 times" in relaxation._volume_problem(360.0, 40.0, 4)
