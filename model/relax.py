@@ -115,6 +115,8 @@ def relax(structure: Structure, fmax: float = FMAX, max_steps: int = MAX_STEPS) 
             energy_after = float(atoms.get_potential_energy()) / n
     except (ValueError, RuntimeError, IndexError) as exc:  # e.g. an atom with no neighbour in the cutoff
         return Relaxation(None, None, None, 0, False, None, f"CHGNet could not evaluate it: {exc}")
+    except MemoryError:  # the last guard: a graph too large for this machine ends this structure only
+        return Relaxation(None, None, None, 0, False, None, "CHGNet ran out of memory on it")
     if not (math.isfinite(energy_before) and math.isfinite(energy_after)):
         return Relaxation(None, None, None, optimizer.nsteps, False, None, "CHGNet's energy is not finite")
     relaxed = AseAtomsAdaptor.get_structure(atoms)

@@ -396,6 +396,7 @@ def relaxation_report(successes: Sequence[Structure], oracle: Oracle, threshold:
         "still_sr5_success_by_chgnet_formation_energy": by_chgnet,
         "converged": sum(r.converged for r in results) / count,
         "failed": sum(r.error is not None for r in results),
+        "failures": sorted({r.error for r in results if r.error is not None})[:10],
         "no_match": sum(r.relaxed is not None and r.rms_displacement is None for r in results) / count,
         "median_rms_displacement": float(np.median(moved)) if moved else None,
         "median_energy_drop_ev_per_atom": float(np.median(drops)) if drops else None,
