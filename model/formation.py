@@ -59,8 +59,11 @@ def _compute_references(dataset: str) -> dict[str, dict]:
     from model.data import load_split
 
     chosen: dict[str, dict] = {}
+    known: set[int] = set()  # the elements of the training split, each of which needs a reference
     for split in REFERENCE_SPLITS:
         arrays = load_split(dataset, split)
+        if split == "train":
+            known = set(arrays.atomic_numbers.tolist())
         offsets = arrays.offsets
         for i in range(len(arrays)):
             numbers = set(arrays.atomic_numbers[offsets[i]:offsets[i + 1]].tolist())
@@ -84,8 +87,7 @@ def _compute_references(dataset: str) -> dict[str, dict]:
             continue
         entry.pop("index")
         references[symbol] = {**entry, "energy_per_atom": result.energy_after, "converged": result.converged}
-    known = sorted({Element.from_Z(z).symbol for z in load_split(dataset, "train").atomic_numbers.tolist()})
-    for symbol in known:
+    for symbol in sorted(Element.from_Z(z).symbol for z in known):
         if symbol not in references and (stand_in := _prototype_reference(symbol)) is not None:
             references[symbol] = stand_in
     return references

@@ -25,9 +25,10 @@ CHGNET_VERSION = "0.3.0"
 CHGNET_FILE = "chgnet_0.3.0_e29f68s314m37.pth.tar"
 FMAX = 0.1  # eV/A: forces (and stress, through the cell filter) below this count as relaxed
 MAX_STEPS = 200  # FIRE steps before a relaxation is given up as not converged
-# CHGNet's neighbour lists grow as 1 / (volume per atom): a generated cell that is, or collapses
-# to, far denser than any solid (the densest hold ~5 A^3 per atom) exhausted 24 GB in one run.
-# Relaxation stops there, and likewise when the cell swells past MAX_SWELLING times its volume.
+# CHGNet's neighbour lists grow as 1 / (volume per atom). One evaluate --relax run of generated
+# cells exhausted 24 GB; a cell that is, or collapses to, far denser than any solid (the densest
+# hold ~5 A^3 per atom) is the suspected cause, not yet confirmed. Relaxation stops there, and
+# likewise when the cell swells past MAX_SWELLING times its volume.
 MIN_VOLUME_PER_ATOM = 3.0  # A^3
 MAX_SWELLING = 8.0
 
@@ -79,12 +80,13 @@ def load_chgnet():
 
 @functools.cache
 def _calculator():
+    model = load_chgnet()  # first: it turns a missing chgnet into RelaxationUnavailable
     from chgnet.model.dynamics import CHGNetCalculator
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     # An atom with no neighbour within CHGNet's cutoff has no force: refuse it rather than relax it.
     with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints the device
-        return CHGNetCalculator(model=load_chgnet(), use_device=device, on_isolated_atoms="error")
+        return CHGNetCalculator(model=model, use_device=device, on_isolated_atoms="error")
 
 
 def relax(structure: Structure, fmax: float = FMAX, max_steps: int = MAX_STEPS) -> Relaxation:

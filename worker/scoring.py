@@ -54,6 +54,7 @@ def relax(structures, rows: list[dict], *, dataset: str, oracle: bool, oracle_wo
     from model.relax import relax_all
 
     results = relax_all(structures, progress=progress)
+    references = elemental_references(dataset) if dataset in FORMATION_DATASETS else None
     relaxed = [result.relaxed for result in results if result.relaxed is not None]
     checked = [{} for _ in relaxed]
     if relaxed:
@@ -68,8 +69,7 @@ def relax(structures, rows: list[dict], *, dataset: str, oracle: bool, oracle_wo
                 valid=bool(found["valid_structure"] and found["valid_composition"]),
             )
             row["relaxed_cif"] = str(CifWriter(result.relaxed))
-            if dataset in FORMATION_DATASETS:
-                energy, why = formation_energy(result.relaxed.composition, result.energy_after,
-                                               elemental_references(dataset))
+            if references is not None:
+                energy, why = formation_energy(result.relaxed.composition, result.energy_after, references)
                 record.update(formation_energy_chgnet=energy, formation_energy_note=why)
         row["relaxation"] = record
