@@ -6,9 +6,11 @@ noise schedules. Read top-down: embeddings -> pair features -> attention -> bloc
 Choices the paper leaves open, recorded here:
 - 4 heads of width 32 (the paper's 3 heads do not divide d = 128); logits scaled by
   1/sqrt(head width), the usual Transformer scaling.
-- The relative-position MLP of eqs. 12-13 is split into a hidden part shared by all blocks
-  (computed once per forward) and a linear output layer per block. Because that layer is linear,
-  sum_j a_ij beta_ij = W_beta (sum_j a_ij e_ij) + b: the (B, N, N, d) tensor beta is never built.
+- The relative-position MLP of eqs. 12-13 is split into a hidden part e_ij and a linear output
+  layer per block. e_ij is shared by all blocks (computed once per forward) unless
+  pair_per_block gives each block its own, as DiffCSP's edge network per layer does. Because the
+  output layer is linear, sum_j a_ij beta_ij = W_beta (sum_j a_ij e_ij) + b: the (B, N, N, d)
+  tensor beta is never built.
 - psi_FT uses frequencies m = 1..num_freqs (m = 0 only adds constants).
 """
 
@@ -33,7 +35,8 @@ class DenoiserConfig:
     num_blocks: int = 6  # D
     num_heads: int = 4
     num_freqs: int = 32  # frequencies of psi_FT (DiffCSP: 128)
-    d_pair: int = 64  # width of the shared relative-position features e_ij
+    d_pair: int = 64  # width of the relative-position features e_ij
+    pair_per_block: bool = False  # an e_ij MLP in every block instead of one shared by all
     mlp_ratio: int = 2  # hidden width of the per-atom MLP in units of d
 
     def __post_init__(self):
@@ -88,6 +91,21 @@ class ConditionEmbedding(nn.Module):
         return self.mlp(torch.cat([sinusoidal_embedding(t, self.d), z_prop], dim=-1))
 
 
+class PairFeatures(nn.Sequential):
+    """e_ij = MLP(psi_FT(f_j - f_i) + flatten(L L^T)) (eqs. 12-13)."""
+
+    def __init__(self, config: DenoiserConfig):
+        P = config.d_pair
+        super().__init__(nn.Linear(6 * config.num_freqs + 9, P), nn.SiLU(), nn.Linear(P, P), nn.SiLU())
+
+    def forward(self, psi: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+        """psi (B, N, N, 6M), gram (B, 9) -> e_ij (B, N, N, P)."""
+        # The first layer is split so that the lattice term is computed once per structure, not per pair.
+        first, F_in = self[0], psi.shape[-1]
+        hidden = F.linear(psi, first.weight[:, :F_in]) + F.linear(gram, first.weight[:, F_in:], first.bias)[:, None, None, :]
+        return self[3](self[2](self[1](hidden)))
+
+
 class RelativeAttention(nn.Module):
     """Multi-head self-attention with relative position terms alpha_ij, beta_ij (eq. 11).
 
@@ -131,6 +149,7 @@ class Block(nn.Module):
         super().__init__()
         d = config.d_model
         self.attn = RelativeAttention(config)
+        self.pair = PairFeatures(config) if config.pair_per_block else None
         self.norm1 = nn.LayerNorm(d)
         self.mlp = mlp(d, config.mlp_ratio * d, d)
         self.norm2 = nn.LayerNorm(d)
@@ -148,10 +167,7 @@ class Denoiser(nn.Module):
         self.species_embedding = mlp(K, d, d)  # z_a = MLP(onehot(a_t))
         self.condition = ConditionEmbedding(d)
         self.initial = mlp(2 * d, d, d) if config.conditioning == "cdi" else None  # eq. 16
-        self.pair = nn.Sequential(
-            nn.Linear(6 * config.num_freqs + 9, config.d_pair), nn.SiLU(),
-            nn.Linear(config.d_pair, config.d_pair), nn.SiLU(),
-        )
+        self.pair = None if config.pair_per_block else PairFeatures(config)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_blocks))
         self.score_head = mlp(d, d, 3)
         self.species_head = mlp(d, d, K)
@@ -180,14 +196,10 @@ class Denoiser(nn.Module):
             z = self.initial[2](self.initial[1](hidden))
 
         gram = (lattice @ lattice.transpose(-1, -2)).reshape(B, 9)  # L L^T: rotation-invariant
-        first, F_in = self.pair[0], 6 * self.config.num_freqs
-        # e_ij = MLP(psi_FT(f_j - f_i) + flatten(L L^T)) (eqs. 12-13), shared by the blocks; the first
-        # layer is split so that the lattice term is computed once per structure, not per pair.
-        hidden = F.linear(fourier_features(frac, self.config.num_freqs), first.weight[:, :F_in])
-        hidden = hidden + F.linear(gram, first.weight[:, F_in:], first.bias)[:, None, None, :]
-        pair = self.pair[3](self.pair[2](self.pair[1](hidden)))
-
+        psi = fourier_features(frac, self.config.num_freqs)
+        shared_pair = self.pair(psi, gram) if self.pair is not None else None
         for block in self.blocks:
+            pair = shared_pair if block.pair is None else block.pair(psi, gram)
             z = block(z, pair, z_c, atom_mask)
 
         mask = atom_mask[..., None].to(z.dtype)

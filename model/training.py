@@ -126,7 +126,7 @@ def evaluate_loss(net, data: CrystalSet, schedule: Schedule, batch_size: int, by
 def warm_start(path: Path, net, ema, dataset: str, vocab_z: list[int], steps_per_epoch: int) -> dict:
     """Load a checkpoint's EMA weights into `net` and `ema`; the record resumes at its epoch."""
     meta = read_metadata(path)
-    if meta["dataset"] != dataset or meta["network"] != json.loads(json.dumps(asdict(net.config))):
+    if meta["dataset"] != dataset or DenoiserConfig(**meta["network"]) != net.config:
         raise ResumeError(f"--resume: {path} is a {meta['dataset']} model of another shape; it cannot seed this run")
     trained = load_model(path, device="cpu")
     net.load_state_dict(trained.denoiser.state_dict())
@@ -233,7 +233,7 @@ def train(
         record["wall_time_s"] = time.time() - started
         record["history"].append({
             "epoch": epoch + 1, "step": record["steps"], "train": train_losses["total"],
-            "val": val_losses["total"], "lr": lr, "seconds_per_epoch": (time.time() - window_start) / len(epochs_seen),
+            "val": val_losses["total"], "val_terms": val_losses, "lr": lr, "seconds_per_epoch": (time.time() - window_start) / len(epochs_seen),
         })
         record["final"] = {"train": train_losses, "val": val_losses}
         bar.set_postfix(loss=f"{train_losses['total']:.3f}", val=f"{val_losses['total']:.3f}", lr=f"{lr:.1e}")

@@ -40,13 +40,34 @@ def random_rotation(generator) -> torch.Tensor:
     return q * torch.sign(torch.diagonal(r))
 
 
-@pytest.fixture(params=[("perov_5", "cdi"), ("mp_20", "cds"), ("carbon_24", "cdi")], ids=lambda p: "-".join(p))
+@pytest.fixture(
+    params=[("perov_5", "cdi", False), ("mp_20", "cds", False), ("carbon_24", "cdi", False), ("carbon_24", "cds", True)],
+    ids=lambda p: "-".join(p[:2]) + ("-pair-per-block" if p[2] else ""),
+)
 def setup(request):
-    dataset, conditioning = request.param
+    dataset, conditioning, pair_per_block = request.param
     batch, K = real_batch(dataset)
     torch.manual_seed(0)
-    net = Denoiser(DenoiserConfig(num_classes=K, conditioning=conditioning, **TINY_ARCHITECTURE)).double().eval()
-    return net, batch
+    config = DenoiserConfig(num_classes=K, conditioning=conditioning, pair_per_block=pair_per_block, **TINY_ARCHITECTURE)
+    return Denoiser(config).double().eval(), batch
+
+
+def test_pair_per_block_gives_each_block_its_own_pair_features():
+    batch, K = real_batch("carbon_24")
+    torch.manual_seed(0)
+    shared = Denoiser(DenoiserConfig(num_classes=K, **TINY_ARCHITECTURE)).double().eval()
+    per_block = Denoiser(DenoiserConfig(num_classes=K, pair_per_block=True, **TINY_ARCHITECTURE)).double().eval()
+    assert per_block.pair is None and all(block.pair is not None for block in per_block.blocks)
+    assert shared.pair is not None and all(block.pair is None for block in shared.blocks)
+    # Copy the shared features into every block: the two networks then compute the same function.
+    state = {k: v for k, v in shared.state_dict().items() if not k.startswith("pair.")}
+    for i in range(len(per_block.blocks)):
+        state |= {f"blocks.{i}.pair.{k}": v for k, v in shared.pair.state_dict().items()}
+    per_block.load_state_dict(state)
+    torch.testing.assert_close(run(per_block, batch).score_frac, run(shared, batch).score_frac)
+    with torch.no_grad():
+        per_block.blocks[1].pair[2].weight.add_(0.5)
+    assert not torch.allclose(run(per_block, batch).score_frac, run(shared, batch).score_frac)
 
 
 def test_output_shapes(setup):

@@ -89,6 +89,9 @@ def train(
     blocks: Annotated[int, typer.Option(min=1, help="Transformer blocks (paper: 6).")] = 6,
     d_model: Annotated[int, typer.Option(min=8, help="Width d (paper: 128).")] = 128,
     freqs: Annotated[int, typer.Option(min=1, help="Fourier frequencies of psi_FT.")] = 32,
+    pair_per_block: Annotated[
+        bool, typer.Option(help="Give every block its own relative-position MLP instead of one shared.")
+    ] = False,
 ) -> None:
     """Train a conditional diffusion model; the checkpoint is rewritten after every epoch."""
     from model.training import ResumeError, TrainConfig, default_state_dir
@@ -98,7 +101,7 @@ def train(
     config = TrainConfig(
         dataset=dataset.value, conditioning=cond.value, epochs=epochs, batch_size=batch_size, lr=lr,
         warmup_steps=warmup_steps, eval_every=eval_every, seed=seed, max_minutes=max_minutes,
-        architecture={"num_blocks": blocks, "d_model": d_model, "num_freqs": freqs},
+        architecture={"num_blocks": blocks, "d_model": d_model, "num_freqs": freqs, "pair_per_block": pair_per_block},
     )
     with user_errors():
         try:
