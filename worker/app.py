@@ -29,6 +29,7 @@ def _beat_forever(name: str, queues: str) -> None:
         try:
             with sessions() as session:
                 queries.worker_seen(session, name=name, pid=os.getpid(), queues=queues)
+                session.commit()
         except Exception:
             # The database may blip; the next beat tries again.
             log.warning("worker heartbeat failed", exc_info=True)
@@ -57,6 +58,7 @@ def _stop_heartbeat(sender, **_kwargs) -> None:
     try:
         with session_factory(settings.resolved_database_url)() as session:
             queries.forget_worker(session, name=sender.hostname)
+            session.commit()
     except Exception:
         log.warning("could not remove this worker from the workers table", exc_info=True)
 

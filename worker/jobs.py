@@ -94,6 +94,7 @@ class Heartbeat:
             with self.sessions() as session:
                 answer = queries.beat(session, job_id=self.job_id, attempt=self.attempt,
                                       done=self.done, total=self.total, phase=self.phase)
+                session.commit()
         except Exception:
             # A database blip must not kill the job; if it lasts, the job is taken over.
             log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
@@ -114,6 +115,7 @@ def claim(sessions: sessionmaker[Session], *, job_id: str, settings: Settings,
         with sessions() as session:
             found = queries.claim_job(session, job_id=job_id, worker=worker_name(),
                                       stale_after_s=settings.stale_after_s)
+            session.commit()
         if found is None:
             log.warning("job %s does not exist", job_id)
             return None
@@ -218,8 +220,10 @@ def write_results(sessions: sessionmaker[Session], *, job_id: str, attempt: int,
     while True:
         try:
             with sessions() as session:
-                return queries.finish_job(session, job_id=job_id, attempt=attempt, structures=rows,
-                                          summary=summary, timings=timings, progress=progress)
+                written = queries.finish_job(session, job_id=job_id, attempt=attempt, structures=rows,
+                                             summary=summary, timings=timings, progress=progress)
+                session.commit()
+                return written
         except (OperationalError, InterfaceError, PoolTimeout):
             if time.monotonic() + wait_s > deadline:
                 raise
@@ -235,6 +239,7 @@ def _end(sessions, job_id: str, attempt: int, status: JobStatus, error: str | No
     with sessions() as session:
         ended = queries.end_job(session, job_id=job_id, attempt=attempt, status=status,
                                 error=error, timings=timings)
+        session.commit()
     return status if ended else None
 
 
@@ -291,6 +296,7 @@ def requeue_lost_jobs(*, settings: Settings, sessions: sessionmaker[Session], ce
     with sessions() as session:
         job_ids = queries.lost_jobs(session, requeue_after_s=settings.requeue_after_s,
                                     stale_after_s=settings.stale_after_s)
+        session.commit()
     sent = []
     for job_id in job_ids:
         if send(celery, DESIGN_TASK, job_id):

@@ -1,7 +1,8 @@
 """Every query the API and the worker make, as keyword-only functions over a Session.
 
-Functions the API calls only flush (the request's session commits once); the worker's state
-transitions commit themselves, since each is one atomic step of a job's life.
+No function here commits: each unit of work (an API request, one step of a job's life in the
+worker) commits once, in its caller, so a caller can see a change and its consequences land
+together or not at all.
 
 State changes a worker makes are compare-and-set on ``(status, attempt)``: a worker that lost
 its job (killed, taken over after a stale heartbeat, or cancelled) cannot write to it, and a
@@ -217,7 +218,6 @@ def claim_job(session: Session, *, job_id: str, worker: str, stale_after_s: floa
                 progress_done=0)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
     if result.rowcount == 1:
         return Claim(job.attempt + 1, JobStatus.running, now)
     session.refresh(job)
@@ -239,7 +239,6 @@ def beat(session: Session, *, job_id: str, attempt: int, done: int | None = None
         .returning(Job.cancel_requested)
     )
     row = result.first()
-    session.commit()
     return None if row is None else bool(row[0])
 
 
@@ -260,10 +259,8 @@ def finish_job(
                 timings=timings, heartbeat_at=utcnow(), **(progress or {}))
     )
     if result.rowcount != 1:
-        session.rollback()
         return False
     session.add_all(StructureRow(job_id=job_id, index=k, **row) for k, row in enumerate(structures))
-    session.commit()
     return True
 
 
@@ -274,7 +271,6 @@ def end_job(session: Session, *, job_id: str, attempt: int, status: JobStatus,
     if timings is not None:
         values["timings"] = timings
     result = session.execute(update(Job).where(*_owned(job_id, attempt)).values(**values))
-    session.commit()
     return result.rowcount == 1
 
 
@@ -307,7 +303,6 @@ def request_cancel(session: Session, *, job: Job) -> JobStatus:
         update(Job).where(Job.id == job.id, Job.status == JobStatus.running)
         .values(cancel_requested=True)
     )
-    session.commit()
     session.refresh(job)
     return JobStatus(job.status)
 
@@ -338,7 +333,6 @@ def lost_jobs(session: Session, *, requeue_after_s: float, stale_after_s: float)
                              or_(unsent, Job.enqueued_at < cutoff))
         .order_by(Job.created_at)
     ).all()
-    session.commit()
     return list(dict.fromkeys([*revived, *ids]))
 
 
@@ -381,7 +375,6 @@ def worker_seen(session: Session, *, name: str, pid: int, queues: str) -> None:
                            last_seen_at=utcnow()))
     else:
         worker.pid, worker.queues, worker.last_seen_at = pid, queues, utcnow()
-    session.commit()
 
 
 def recent_workers(session: Session, *, within_s: float) -> Sequence[Worker]:
@@ -392,4 +385,3 @@ def recent_workers(session: Session, *, within_s: float) -> Sequence[Worker]:
 
 def forget_worker(session: Session, *, name: str) -> None:
     session.execute(delete(Worker).where(Worker.name == name))
-    session.commit()

@@ -62,6 +62,7 @@ def cancel_job(job_id: str, session: SessionDep, owner: OwnerDep) -> JobOut:
     if job.status in (JobStatus.succeeded, JobStatus.failed):
         raise Conflict(f"job {job_id} already {job.status}; there is nothing to cancel")
     queries.request_cancel(session, job=job)
+    session.commit()
     return job_out(job, [])
 
 

@@ -138,6 +138,7 @@ def test_a_finished_jobs_results_wait_out_a_database_outage(tmp_path, tiny_check
         try:
             with sessions() as session:
                 attempt = queries.claim_job(session, job_id=job_id, worker="w", stale_after_s=30).attempt
+                session.commit()
             proxy.stop()
             outcome = {}
             writer = threading.Thread(target=lambda: outcome.update(written=write_results(

@@ -35,13 +35,17 @@ def job_id(sessions, checkpoint) -> str:
 
 def claim(sessions, job_id, stale_after_s=30.0):
     with sessions() as session:
-        return queries.claim_job(session, job_id=job_id, worker="w", stale_after_s=stale_after_s)
+        found = queries.claim_job(session, job_id=job_id, worker="w", stale_after_s=stale_after_s)
+        session.commit()
+        return found
 
 
 def finish(sessions, job_id, attempt, n=3) -> bool:
     with sessions() as session:
-        return queries.finish_job(session, job_id=job_id, attempt=attempt,
-                                  structures=[ROW] * n, summary={}, timings={})
+        written = queries.finish_job(session, job_id=job_id, attempt=attempt,
+                                     structures=[ROW] * n, summary={}, timings={})
+        session.commit()
+        return written
 
 
 def structure_count(sessions, job_id) -> int:
@@ -75,6 +79,24 @@ def test_a_stale_running_job_is_taken_over_and_the_old_owner_cannot_write(sessio
     assert structure_count(sessions, job_id) == 3
 
 
+def test_query_functions_leave_the_commit_to_their_caller(sessions, job_id):
+    """The module's transaction rule: a caller that rolls back undoes every state change."""
+    with sessions() as session:
+        assert queries.claim_job(session, job_id=job_id, worker="w", stale_after_s=30).attempt == 1
+        assert queries.finish_job(session, job_id=job_id, attempt=1, structures=[ROW], summary={},
+                                  timings={}) is True
+        queries.worker_seen(session, name="w@host", pid=1, queues="design")
+        session.rollback()
+    with sessions() as session:
+        assert queries.request_cancel(session, job=session.get(Job, job_id)) == "cancelled"
+        session.rollback()
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.attempt, job.cancel_requested) == ("queued", 0, False)
+        assert queries.recent_workers(session, within_s=60) == []
+    assert structure_count(sessions, job_id) == 0
+
+
 def test_heartbeat_reports_cancellation_and_loss(sessions, job_id):
     attempt = claim(sessions, job_id).attempt
     with sessions() as session:
@@ -97,6 +119,7 @@ def test_sweep_requeues_dead_jobs_and_cancels_dead_cancelled_ones(sessions, sett
         age_heartbeat(sessions, jid, 60)
     with sessions() as session:
         queries.request_cancel(session, job=session.get(Job, cancelled))
+        session.commit()
     sent = requeue_lost_jobs(settings=settings, sessions=sessions,
                              celery=create_celery(settings))
     assert sent == [job_id]
