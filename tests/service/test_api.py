@@ -376,3 +376,32 @@ def test_a_job_with_relax_keeps_each_structure_as_generated_and_as_relaxed(clien
     rows = list(csv.DictReader(io.StringIO(archive.read("summary.csv").decode())))
     assert [row["relax_error"] == "" for row in rows] == [
         client.get(b["links"]["self"]["href"]).json()["relaxation"]["error"] is None for b in job["structures"]]
+
+
+def test_cancelling_while_relaxing_stops_between_structures(client, settings, sessions, checkpoint, monkeypatch):
+    import model.relax
+    from tests.service.conftest import wait_for
+    from xtaldiff.tables import Job
+
+    job_id = submit(client, num_samples=5, seed=3, relax=True)
+    relaxed = []
+
+    def heartbeat_at():
+        with sessions() as session:
+            return session.get(Job, job_id).heartbeat_at
+
+    def relax_and_cancel_at_the_second(structure):
+        relaxed.append(structure)
+        if len(relaxed) == 2:
+            assert client.delete(f"/jobs/{job_id}").status_code == 202
+            # Two heartbeats after the request: the first read it, so the worker knows.
+            for _ in range(2):
+                before = heartbeat_at()
+                wait_for(lambda: heartbeat_at() > before, timeout=30, what="a heartbeat")
+        return model.relax.Relaxation(None, None, None, 0, False, None, "not relaxed in this test")
+
+    monkeypatch.setattr(model.relax, "relax", relax_and_cancel_at_the_second)
+    assert run_design(job_id, settings=settings, sessions=sessions) == "cancelled"
+    job = client.get(f"/jobs/{job_id}").json()
+    assert len(relaxed) == 2
+    assert (job["status"], job["progress"]["phase"], job["structures"]) == ("cancelled", "relaxing", [])
