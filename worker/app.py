@@ -22,7 +22,7 @@ app = create_celery(get_settings(), with_tasks=True)
 _stop = threading.Event()
 
 
-def _beat_forever(name: str, queues: str) -> None:
+def _record_worker_heartbeats(name: str, queues: str) -> None:
     settings = get_settings()
     sessions = session_factory(settings.resolved_database_url, settings.db_connect_timeout_s)
     while True:
@@ -31,7 +31,7 @@ def _beat_forever(name: str, queues: str) -> None:
                 queries.worker_seen(session, name=name, pid=os.getpid(), queues=queues)
                 session.commit()
         except Exception:
-            # The database may blip; the next beat tries again.
+            # The database may blip; the next heartbeat tries again.
             log.warning("worker heartbeat failed", exc_info=True)
         if _stop.wait(settings.heartbeat_s):
             return
@@ -40,7 +40,7 @@ def _beat_forever(name: str, queues: str) -> None:
 @worker_ready.connect
 def _start_heartbeat(sender, **_kwargs) -> None:
     queues = ",".join(sorted(q.name for q in sender.app.amqp.queues.consume_from.values()))
-    threading.Thread(target=_beat_forever, args=(sender.hostname, queues), daemon=True,
+    threading.Thread(target=_record_worker_heartbeats, args=(sender.hostname, queues), daemon=True,
                      name="worker-heartbeat").start()
 
 

@@ -73,7 +73,7 @@ class Heartbeat:
     def __exit__(self, *_exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.beat()  # the final progress, which the last periodic beat may have missed
+        self.record()  # the final progress, which the last periodic beat may have missed
 
     def progress(self, done: int, total: int) -> None:
         """The sampler's callback, after every reverse step: cheap, and where a job stops."""
@@ -87,12 +87,12 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
-            self.beat()
+            self.record()
 
-    def beat(self) -> None:
+    def record(self) -> None:
         try:
             with self.sessions() as session:
-                answer = queries.beat(session, job_id=self.job_id, attempt=self.attempt,
+                answer = queries.record_heartbeat(session, job_id=self.job_id, attempt=self.attempt,
                                       done=self.done, total=self.total, phase=self.phase)
                 session.commit()
         except Exception:

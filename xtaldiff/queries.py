@@ -228,8 +228,8 @@ def _owned(job_id: str, attempt: int):
     return (Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running)
 
 
-def beat(session: Session, *, job_id: str, attempt: int, done: int | None = None,
-         total: int | None = None, phase: str | None = None) -> bool | None:
+def record_heartbeat(session: Session, *, job_id: str, attempt: int, done: int | None = None,
+                     total: int | None = None, phase: str | None = None) -> bool | None:
     """Record liveness (and progress). Returns cancel_requested, or None if the job is lost."""
     values: dict = {"heartbeat_at": utcnow()}
     if done is not None:

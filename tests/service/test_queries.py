@@ -100,10 +100,10 @@ def test_query_functions_leave_the_commit_to_their_caller(sessions, job_id):
 def test_heartbeat_reports_cancellation_and_loss(sessions, job_id):
     attempt = claim(sessions, job_id).attempt
     with sessions() as session:
-        assert queries.beat(session, job_id=job_id, attempt=attempt, done=1, total=9) is False
+        assert queries.record_heartbeat(session, job_id=job_id, attempt=attempt, done=1, total=9) is False
         assert queries.request_cancel(session, job=session.get(Job, job_id)) == "running"
-        assert queries.beat(session, job_id=job_id, attempt=attempt) is True
-        assert queries.beat(session, job_id=job_id, attempt=attempt + 1) is None
+        assert queries.record_heartbeat(session, job_id=job_id, attempt=attempt) is True
+        assert queries.record_heartbeat(session, job_id=job_id, attempt=attempt + 1) is None
         assert session.get(Job, job_id, populate_existing=True).progress_done == 1
 
 
