@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from api.errors import BadRequest
+from api.errors import Unprocessable
 from api.schemas import MAX_SEED, DesignRequest
 from xtaldiff import queries
-from xtaldiff.checkpoint_file import default_guidance, default_steps
+from xtaldiff.checkpoint_file import PropertyStats
 from xtaldiff.design_params import DesignParams
 from xtaldiff.elements import SYMBOLS
 from xtaldiff.samplers import DEFAULT_SAMPLER
@@ -36,46 +36,46 @@ class DesignPlan:
 
 
 def plan_design(session: Session, *, request: DesignRequest, settings: Settings) -> DesignPlan:
-    """Resolve the model and check every field; raises BadRequest saying what to change."""
+    """Resolve the model and check every field; raises Unprocessable saying what to change."""
     checkpoint = _resolve_model(session, request=request)
     meta = checkpoint.meta
-    warnings = [*_check_target(request.target, meta["property"])]
+    warnings = [*_check_target(request.target, meta.property)]
     if request.num_samples > settings.max_num_samples:
-        raise BadRequest(
+        raise Unprocessable(
             f"num_samples is {request.num_samples}; this server makes at most "
             f"{settings.max_num_samples} per job: ask for fewer or split the request"
         )
     if request.relax and request.num_samples > settings.max_relax_samples:
-        raise BadRequest(
+        raise Unprocessable(
             f"relax is on for {request.num_samples} structures; this server relaxes at most "
             f"{settings.max_relax_samples} per job: ask for fewer, or relax the ones you keep yourself "
             "(`xtaldiff design --relax`)"
         )
-    elements = _check_elements(request.elements, model=checkpoint.name, known=meta["elements"])
-    max_atoms = max(int(k) for k in meta["num_atoms"])
+    elements = _check_elements(request.elements, model=checkpoint.name, known=meta.elements)
+    max_atoms = meta.max_num_atoms
     if request.num_atoms is not None and request.num_atoms > max_atoms:
-        raise BadRequest(
+        raise Unprocessable(
             f"num_atoms is {request.num_atoms}; model {checkpoint.name} was trained on cells of "
             f"at most {max_atoms} atoms: ask for {max_atoms} or fewer, or omit num_atoms"
         )
     if request.steps is not None and request.steps > settings.max_steps:
-        raise BadRequest(f"steps is {request.steps}; at most {settings.max_steps} are allowed")
-    timesteps = meta["diffusion"]["timesteps"]
+        raise Unprocessable(f"steps is {request.steps}; at most {settings.max_steps} are allowed")
+    timesteps = meta.timesteps
     if request.steps is not None and request.steps > timesteps:
-        raise BadRequest(
+        raise Unprocessable(
             f"steps is {request.steps}; model {checkpoint.name} has T = {timesteps}: ask for "
             f"{timesteps} or fewer, or omit steps"
         )
     if request.guidance is not None and request.guidance > settings.max_guidance:
-        raise BadRequest(
+        raise Unprocessable(
             f"guidance is {request.guidance}; at most {settings.max_guidance} is allowed"
         )
     params = DesignParams(
         model=checkpoint.name, dataset=checkpoint.dataset, target=request.target,
         num_samples=request.num_samples, num_atoms=request.num_atoms,
         elements=None if elements is None else tuple(elements),
-        guidance=request.guidance if request.guidance is not None else default_guidance(meta),
-        steps=request.steps if request.steps is not None else min(default_steps(meta), settings.max_steps),
+        guidance=request.guidance if request.guidance is not None else meta.default_guidance,
+        steps=request.steps if request.steps is not None else min(meta.default_steps, settings.max_steps),
         sampler=request.sampler or DEFAULT_SAMPLER,
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         relax=request.relax,
@@ -85,17 +85,17 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
 
 def _resolve_model(session: Session, *, request: DesignRequest) -> Checkpoint:
     if request.model is None and request.dataset is None:
-        raise BadRequest("give `model` (a name from GET /models) or `dataset` (its active model)")
+        raise Unprocessable("give `model` (a name from GET /models) or `dataset` (its active model)")
     if request.model is not None:
         checkpoint = queries.get_checkpoint(session, name=request.model)
         if checkpoint is None or checkpoint.status != CheckpointStatus.ready:
             ready = [c.name for c in queries.list_checkpoints(session, ready_only=True)]
             state = "does not exist" if checkpoint is None else f"is {checkpoint.status}"
-            raise BadRequest(
+            raise Unprocessable(
                 f"model {request.model!r} {state}; choose one of: {', '.join(ready) or 'none'}"
             )
         if request.dataset is not None and request.dataset != checkpoint.dataset:
-            raise BadRequest(
+            raise Unprocessable(
                 f"model {checkpoint.name!r} was trained on {checkpoint.dataset}, not "
                 f"{request.dataset}: drop `dataset` or pick a {request.dataset} model"
             )
@@ -104,18 +104,18 @@ def _resolve_model(session: Session, *, request: DesignRequest) -> Checkpoint:
     if checkpoint is None:
         served = sorted({c.dataset for c in queries.list_checkpoints(session, ready_only=True)
                          if c.active})
-        raise BadRequest(
+        raise Unprocessable(
             f"no model serves dataset {request.dataset} here; datasets served: "
             f"{', '.join(served) or 'none'}"
         )
     return checkpoint
 
 
-def _check_target(target: float, prop: dict) -> list[str]:
-    low, high, unit, name = prop["min"], prop["max"], prop["unit"], prop["name"]
+def _check_target(target: float, prop: PropertyStats) -> list[str]:
+    low, high, unit, name = prop.min, prop.max, prop.unit, prop.name
     margin = REFUSE_BEYOND_RANGES * (high - low)
     if not low - margin <= target <= high + margin:
-        raise BadRequest(
+        raise Unprocessable(
             f"target {target:g} {unit} is far outside the {name} values the model was trained "
             f"on ({low:.4g} to {high:.4g} {unit}); choose a target between "
             f"{low - margin:.4g} and {high + margin:.4g}"
@@ -136,13 +136,13 @@ def _check_elements(
         return None
     unknown = [e for e in elements if e not in SYMBOLS]
     if unknown:
-        raise BadRequest(
+        raise Unprocessable(
             f"elements: {', '.join(map(repr, unknown))} not chemical element symbols "
             "(write them as in the periodic table, e.g. 'Fe', 'O')"
         )
     outside = [e for e in elements if e not in known]
     if outside:
-        raise BadRequest(
+        raise Unprocessable(
             f"elements: model {model} never saw {', '.join(outside)}; it can place "
             f"{', '.join(known)}"
         )

@@ -27,7 +27,7 @@ class ApiError(Exception):
         self.detail = detail
 
 
-class BadRequest(ApiError):
+class Unprocessable(ApiError):
     """The request is well-formed but asks for something this server cannot do."""
 
     status_code = status.HTTP_422_UNPROCESSABLE_CONTENT

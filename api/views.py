@@ -16,7 +16,6 @@ from api.schemas import (
     StructureDetail,
     Timings,
 )
-from xtaldiff.checkpoint_file import default_guidance, default_steps
 from xtaldiff.states import JobStatus
 from xtaldiff.tables import Checkpoint, Job, StructureRow
 
@@ -108,18 +107,16 @@ def checkpoint_out(checkpoint: Checkpoint) -> CheckpointOut:
 
 def _model_fields(checkpoint: Checkpoint) -> dict:
     meta = checkpoint.meta
-    prop = meta["property"]
+    prop = meta.property
     return dict(
         name=checkpoint.name, sha256=checkpoint.sha256, dataset=checkpoint.dataset,
         conditioning=checkpoint.conditioning, active=checkpoint.active,
-        property=PropertyInfo(
-            name=prop["name"], unit=prop["unit"], min=prop["min"], max=prop["max"],
-            percentiles=prop.get("percentiles", {}),
-        ),
-        elements=meta["elements"],
-        max_num_atoms=max(int(k) for k in meta["num_atoms"]),
-        default_guidance=default_guidance(meta),
-        timesteps=meta["diffusion"]["timesteps"],
-        default_steps=default_steps(meta),
-        metrics=meta.get("metrics", {}),
+        property=PropertyInfo(name=prop.name, unit=prop.unit, min=prop.min, max=prop.max,
+                              percentiles=dict(prop.percentiles)),
+        elements=list(meta.elements),
+        max_num_atoms=meta.max_num_atoms,
+        default_guidance=meta.default_guidance,
+        timesteps=meta.timesteps,
+        default_steps=meta.default_steps,
+        metrics=dict(meta.metrics),
     )

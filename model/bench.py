@@ -9,11 +9,12 @@ import time
 
 import torch
 
-from model.checkpoint import TrainedModel, default_device
+from model.checkpoint import TrainedModel, default_device, make_header
 from model.data import CrystalSet, checkpoint_metadata, load_split
 from model.diffusion import DiffusionConfig, Schedule, diffusion_loss
 from model.network import Denoiser, DenoiserConfig
 from model.sampling import design
+from xtaldiff.checkpoint_file import parse_header
 
 PAPER_SIZE = {"d_model": 128, "num_blocks": 6}
 
@@ -72,7 +73,8 @@ def run_benchmarks(datasets: list[str], sample_n: int, sample_steps: int, train_
             key = "train_bucketed_by_atom_count" if by_atom_count else "train_padded_random"
             entry[key] = time_training(data, net, schedule, batch_size, train_batches, by_atom_count, device)
 
-        model = TrainedModel(net.eval(), schedule, meta, "random-weights", device)
+        model = TrainedModel(net.eval(), schedule, parse_header(make_header(net, schedule, meta)),
+                             "random-weights", device)
         start = time.perf_counter()
         design(model, n=sample_n, target=stats["min"], steps=sample_steps, seed=0, batch_size=sample_n)
         seconds = time.perf_counter() - start

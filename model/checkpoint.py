@@ -18,10 +18,16 @@ from safetensors.torch import save_file
 
 from model.diffusion import DiffusionConfig, Schedule
 from model.network import Denoiser, DenoiserConfig
-from xtaldiff.checkpoint_file import FORMAT, FORMAT_VERSION, META_KEY, CheckpointFileError, check_metadata
+from xtaldiff.checkpoint_file import (
+    FORMAT,
+    FORMAT_VERSION,
+    META_KEY,
+    CheckpointFileError,
+    CheckpointMeta,
+    check_metadata,
+)
 
 SCHEDULE_PREFIX = "schedule."
-REQUIRED_KEYS = ("dataset", "conditioning", "property", "elements", "num_atoms", "network", "diffusion", "sampling")
 
 
 class CheckpointError(ValueError):
@@ -34,13 +40,13 @@ class TrainedModel:
 
     denoiser: Denoiser
     schedule: Schedule
-    meta: dict
+    meta: CheckpointMeta
     sha256: str
     device: torch.device
 
     @property
     def dataset(self) -> str:
-        return self.meta["dataset"]
+        return self.meta.dataset
 
 
 def file_sha256(path: Path) -> str:
@@ -63,9 +69,9 @@ def weights_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(path: Path, denoiser: Denoiser, schedule: Schedule, meta: dict) -> None:
-    """Write weights and metadata atomically (a crash never leaves a half-written file)."""
-    meta = {
+def make_header(denoiser: Denoiser, schedule: Schedule, meta: dict) -> dict:
+    """The JSON header of a checkpoint: `meta` (dataset facts, training record) and the configs."""
+    return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
         **meta,
@@ -73,6 +79,11 @@ def save_checkpoint(path: Path, denoiser: Denoiser, schedule: Schedule, meta: di
         "network": asdict(denoiser.config),
         "diffusion": asdict(schedule.config),
     }
+
+
+def save_checkpoint(path: Path, denoiser: Denoiser, schedule: Schedule, meta: dict) -> None:
+    """Write weights and metadata atomically (a crash never leaves a half-written file)."""
+    meta = make_header(denoiser, schedule, meta)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in denoiser.state_dict().items()}
     tensors[SCHEDULE_PREFIX + "lambda_t"] = schedule.lambda_t.cpu().contiguous()
     path = Path(path)
@@ -93,8 +104,8 @@ def rewrite_metadata(path: Path, meta: dict) -> None:
     tmp.replace(path)
 
 
-def read_metadata(path: Path | str) -> dict:
-    """The JSON header of a checkpoint, without reading any weights."""
+def read_metadata(path: Path | str) -> CheckpointMeta:
+    """The checked header of a checkpoint, without reading any weights."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -106,13 +117,9 @@ def read_metadata(path: Path | str) -> dict:
     if META_KEY not in header:
         raise CheckpointError(f"{path} is a safetensors file but not an xtaldiff checkpoint (no '{META_KEY}' metadata)")
     try:
-        meta = check_metadata(header)
+        return check_metadata(header)
     except CheckpointFileError as exc:
         raise CheckpointError(f"{path}: {exc}") from exc
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise CheckpointError(f"{path}: metadata lacks {missing}")
-    return meta
 
 
 def default_device() -> torch.device:
@@ -125,13 +132,13 @@ def load_model(path: Path | str, device: torch.device | str | None = None) -> Tr
     meta = read_metadata(path)
     device = torch.device(device) if device is not None else default_device()
     try:
-        network_config = DenoiserConfig(**meta["network"])
-        diffusion_config = DiffusionConfig(**meta["diffusion"])
+        network_config = DenoiserConfig(**meta.network)
+        diffusion_config = DiffusionConfig(**meta.diffusion)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: the configs in the metadata do not match this xtaldiff ({exc})") from exc
-    if network_config.num_classes != len(meta["elements"]):
+    if network_config.num_classes != len(meta.elements):
         raise CheckpointError(
-            f"{path}: {network_config.num_classes} species classes but {len(meta['elements'])} elements"
+            f"{path}: {network_config.num_classes} species classes but {len(meta.elements)} elements"
         )
     try:
         with safe_open(str(path), framework="pt") as handle:

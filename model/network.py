@@ -102,7 +102,8 @@ class PairFeatures(nn.Sequential):
         """psi (B, N, N, 6M), gram (B, 9) -> e_ij (B, N, N, P)."""
         # The first layer is split so that the lattice term is computed once per structure, not per pair.
         first, F_in = self[0], psi.shape[-1]
-        hidden = F.linear(psi, first.weight[:, :F_in]) + F.linear(gram, first.weight[:, F_in:], first.bias)[:, None, None, :]
+        lattice_term = F.linear(gram, first.weight[:, F_in:], first.bias)[:, None, None, :]
+        hidden = F.linear(psi, first.weight[:, :F_in]) + lattice_term
         return self[3](self[2](self[1](hidden)))
 
 

@@ -221,17 +221,17 @@ def run_evaluation(
     from model.sampling import design
 
     started = time.time()
-    model = load_model(settings.checkpoint, device=device)
-    dataset = model.meta["dataset"]
-    prop = model.meta["property"]
+    trained = load_model(settings.checkpoint, device=device)
+    dataset = trained.meta.dataset
+    prop = trained.meta.property
     training, training_values = training_structures(dataset)
     target = float(training_values.min()) if settings.target is None else settings.target
-    steps = settings.steps or model.schedule.config.timesteps
+    steps = settings.steps or trained.schedule.config.timesteps
     sampler = settings.sampler or DEFAULT_SAMPLER
 
     def sample(n: int, targets: float | list[float], seed: int) -> list[Structure]:
         return design(
-            model,
+            trained,
             n=n,
             target=targets,
             guidance=settings.guidance,
@@ -243,12 +243,12 @@ def run_evaluation(
         )
 
     sampling_started = time.time()
-    sampled_on = str(model.device)
+    sampled_on = str(trained.device)
     if settings.samples is None:
         structures = sample(settings.n, target, settings.seed)
         sampling_s = time.time() - sampling_started
     else:
-        structures, drawn = read_samples(Path(settings.samples), model.sha256)
+        structures, drawn = read_samples(Path(settings.samples), trained.sha256)
         if abs(drawn["target"] - target) > 1e-9:
             raise SamplesError(f"{settings.samples} was drawn for target {drawn['target']}, not {target}")
         sampling_s, sampled_on = drawn.get("sampling_s"), drawn.get("device", "unknown")
@@ -291,8 +291,8 @@ def run_evaluation(
     unpredicted = [p for p in predictions if p.value is None]
     report = {
         "dataset": dataset,
-        "conditioning": model.meta.get("conditioning"),
-        "property": {"name": prop["name"], "unit": prop["unit"]},
+        "conditioning": trained.meta.conditioning,
+        "property": {"name": prop.name, "unit": prop.unit},
         "target": target,
         "target_is_training_minimum": settings.target is None,
         "n": settings.n,
@@ -326,7 +326,7 @@ def run_evaluation(
         "training_split_note": DATASETS[dataset].split_note,
         "provenance": {
             "checkpoint": str(settings.checkpoint),
-            "checkpoint_sha256": model.sha256,
+            "checkpoint_sha256": trained.sha256,
             "weights_sha256": weights_sha256(Path(settings.checkpoint)),
             "settings": asdict(settings),
             "sampling_steps": steps,

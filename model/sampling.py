@@ -11,7 +11,7 @@ from pymatgen.core import Element, Lattice, Structure
 from model.checkpoint import TrainedModel
 from model.diffusion import reverse_diffusion
 from model.network import DenoiserOutput
-from xtaldiff.checkpoint_file import MAX_ATOMS, default_guidance, default_steps
+from xtaldiff.checkpoint_file import MAX_ATOMS
 from xtaldiff.samplers import DEFAULT_SAMPLER, SAMPLERS
 
 
@@ -29,7 +29,7 @@ def _per_structure(value, n: int, name: str) -> list:
 
 def allowed_class_mask(model: TrainedModel, elements: Sequence[str] | None) -> torch.Tensor:
     """(K,) bool over the model's vocabulary: True where the species may be sampled."""
-    vocab = model.meta["elements"]
+    vocab = model.meta.elements
     if elements is None:
         return torch.ones(len(vocab), dtype=torch.bool)
     symbols = []
@@ -48,9 +48,9 @@ def allowed_class_mask(model: TrainedModel, elements: Sequence[str] | None) -> t
 
 def sample_num_atoms(model: TrainedModel, n: int, generator: torch.Generator) -> list[int]:
     """Atom counts drawn from the training distribution."""
-    dist = model.meta["num_atoms"]
-    counts = [int(k) for k in dist]
-    probs = torch.tensor([dist[k] for k in dist], dtype=torch.float64)
+    dist = model.meta.num_atoms
+    counts = list(dist)
+    probs = torch.tensor([dist[k] for k in counts], dtype=torch.float64)
     draws = torch.multinomial(probs, n, replacement=True, generator=generator)
     return [counts[i] for i in draws.tolist()]
 
@@ -102,14 +102,14 @@ def design(
     if not isinstance(n, int) or n < 1:
         raise DesignError(f"n must be a positive integer, got {n!r}")
     T = model.schedule.config.timesteps
-    steps = default_steps(model.meta) if steps is None else steps
+    steps = model.meta.default_steps if steps is None else steps
     if not isinstance(steps, int) or not 1 <= steps <= T:
         raise DesignError(f"steps must be between 1 and {T}, got {steps!r}")
     sampler = DEFAULT_SAMPLER if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise DesignError(f"sampler must be one of {', '.join(sorted(SAMPLERS))}, got {sampler!r}")
     if guidance is None:
-        guidance = default_guidance(model.meta)
+        guidance = model.meta.default_guidance
     if not math.isfinite(guidance) or guidance < 0:
         raise DesignError(f"guidance must be a finite number >= 0, got {guidance!r}")
     targets = _per_structure(target, n, "target")
@@ -127,8 +127,8 @@ def design(
             if not isinstance(k, int) or not 1 <= k <= MAX_ATOMS:
                 raise DesignError(f"num_atoms must be an integer from 1 to {MAX_ATOMS}, got {k!r}")
 
-    prop_stats = model.meta["property"]
-    vocab = model.meta["elements"]
+    prop_stats = model.meta.property
+    vocab = model.meta.elements
     # Structures of one atom count share a batch: no padding.
     order = sorted(range(n), key=lambda i: counts[i])
     batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
@@ -139,7 +139,7 @@ def design(
         N = max(counts[i] for i in index)
         atom_mask = torch.tensor([[j < counts[i] for j in range(N)] for i in index], device=model.device)
         prop = torch.tensor(
-            [(targets[i] - prop_stats["mean"]) / prop_stats["std"] for i in index],
+            [(targets[i] - prop_stats.mean) / prop_stats.std for i in index],
             dtype=torch.float32,
             device=model.device,
         )
@@ -150,8 +150,8 @@ def design(
             atom_mask,
             allowed,
             steps,
-            model.meta["sampling"]["step_lr"],
-            model.meta["sampling"]["lattice_bound"],
+            model.meta.step_lr,
+            model.meta.lattice_bound,
             sampler_rng,
             report,
             sampler,

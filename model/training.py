@@ -112,7 +112,7 @@ def mean_losses(terms: list[LossTerms]) -> dict[str, float]:
     return {k: float(torch.stack([getattr(x, k).detach() for x in terms]).mean()) for k in keys}
 
 
-def evaluate_loss(net, data: CrystalSet, schedule: Schedule, batch_size: int, by_atom_count: bool, device) -> dict:
+def validation_loss(net, data: CrystalSet, schedule: Schedule, batch_size: int, by_atom_count: bool, device) -> dict:
     """Validation loss with fixed noise, so that epochs compare."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
         torch.manual_seed(1234)
@@ -126,12 +126,12 @@ def evaluate_loss(net, data: CrystalSet, schedule: Schedule, batch_size: int, by
 def warm_start(path: Path, net, ema, dataset: str, vocab_z: list[int], steps_per_epoch: int) -> dict:
     """Load a checkpoint's EMA weights into `net` and `ema`; the record resumes at its epoch."""
     meta = read_metadata(path)
-    if meta["dataset"] != dataset or DenoiserConfig(**meta["network"]) != net.config:
-        raise ResumeError(f"--resume: {path} is a {meta['dataset']} model of another shape; it cannot seed this run")
+    if meta.dataset != dataset or DenoiserConfig(**meta.network) != net.config:
+        raise ResumeError(f"--resume: {path} is a {meta.dataset} model of another shape; it cannot seed this run")
     trained = load_model(path, device="cpu")
     net.load_state_dict(trained.denoiser.state_dict())
     ema.load_state_dict(trained.denoiser.state_dict())
-    epochs = int(meta.get("training", {}).get("epochs", 0))
+    epochs = int(meta.training.get("epochs", 0))
     return {"epochs": epochs, "steps": epochs * steps_per_epoch, "wall_time_s": 0.0, "history": [],
             "warm_started_from": {"sha256": trained.sha256, "epochs": epochs}}
 
@@ -228,12 +228,13 @@ def train(
         if (epoch + 1) % config.eval_every and epoch + 1 < config.epochs and not out_of_time:
             continue
         train_losses = mean_losses(terms)
-        val_losses = evaluate_loss(ema, val_set, schedule, config.batch_size, config.by_atom_count, device)
+        val_losses = validation_loss(ema, val_set, schedule, config.batch_size, config.by_atom_count, device)
         record["epochs"] = epoch + 1
         record["wall_time_s"] = time.time() - started
         record["history"].append({
             "epoch": epoch + 1, "step": record["steps"], "train": train_losses["total"],
-            "val": val_losses["total"], "val_terms": val_losses, "lr": lr, "seconds_per_epoch": (time.time() - window_start) / len(epochs_seen),
+            "val": val_losses["total"], "val_terms": val_losses, "lr": lr,
+            "seconds_per_epoch": (time.time() - window_start) / len(epochs_seen),
         })
         record["final"] = {"train": train_losses, "val": val_losses}
         bar.set_postfix(loss=f"{train_losses['total']:.3f}", val=f"{val_losses['total']:.3f}", lr=f"{lr:.1e}")

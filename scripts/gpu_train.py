@@ -62,7 +62,7 @@ def sample_one(checkpoint: Path, guidance: float, n: int, steps: int | None, see
     from xtaldiff.samplers import DEFAULT_SAMPLER
 
     model = load_model(checkpoint)
-    target = model.meta["property"]["min"]
+    target = model.meta.property.min
     steps = steps or model.schedule.config.timesteps  # the paper's protocol, not the model's default
     started = time.time()
     structures = design(model, n=n, target=target, guidance=guidance, steps=steps, sampler=DEFAULT_SAMPLER,

@@ -25,14 +25,14 @@ def main() -> None:
 
     model = load_model(args.checkpoint)
     start = time.perf_counter()
-    target = model.meta["property"]["min"]
+    target = model.meta.property.min
     structures = design(model, n=args.n, target=target, steps=args.steps, seed=args.seed)
     seconds = time.perf_counter() - start
     abc = np.array([s.lattice.abc for s in structures])
     angles = np.array([s.lattice.angles for s in structures])
     perovskite_like = ((abc >= 3.5) & (abc <= 5.0)).all(1) & (np.abs(angles - 90) <= 10).all(1)
     print(json.dumps({
-        "checkpoint_sha256": model.sha256, "epochs": model.meta["training"]["epochs"], "n": args.n,
+        "checkpoint_sha256": model.sha256, "epochs": model.meta.training["epochs"], "n": args.n,
         "steps": args.steps or model.schedule.config.timesteps, "seed": args.seed, "target": target,
         "device": str(model.device), "sampling_seconds": round(seconds, 1),
         "structurally_valid": sum(structural_problem(s) is None for s in structures),

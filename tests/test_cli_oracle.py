@@ -228,10 +228,10 @@ def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_
     result = run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports), "--default-guidance", "1")
     assert result.exit_code == 0, result.output
     meta = read_metadata(checkpoint)
-    assert meta["sampling"]["default_guidance"] == 1.0
-    assert meta["sampling"]["default_steps"] == 10  # the 5-step report ran the paper's sampler
+    assert meta.default_guidance == 1.0
+    assert meta.default_steps == 10  # the 5-step report ran the paper's sampler
     assert "| 10 | rescaled |" in result.output and "| 5 | paper |" in result.output
-    metrics = meta["metrics"]
+    metrics = meta.metrics
     assert [(row["steps"], row["sampler"]) for row in metrics["steps_curve"]] == [
         (50, "rescaled"), (10, "rescaled"), (5, "paper")]
     assert metrics["n"] == 4 and metrics["evaluated_sha256"] == model.sha256

@@ -18,16 +18,16 @@ PEROV_5 = ("perov_5_cdi", "perov_5_cds")
 @pytest.fixture(scope="module", params=PEROV_5)
 def samples(request):
     model = load_model(CHECKPOINTS / f"{request.param}.safetensors", "cpu")
-    assert model.meta["dataset"] == "perov_5" and model.meta["conditioning"] == request.param[-3:]
-    return design(model, n=12, target=model.meta["property"]["min"], steps=100, seed=0)
+    assert model.meta.dataset == "perov_5" and model.meta.conditioning == request.param[-3:]
+    return design(model, n=12, target=model.meta.property.min, steps=100, seed=0)
 
 
 @pytest.mark.parametrize("path", sorted(CHECKPOINTS.glob("*.safetensors")), ids=lambda p: p.stem)
 def test_committed_checkpoints_carry_their_evaluation(path):
     meta = read_metadata(path)
-    metrics = meta["metrics"]
+    metrics = meta.metrics
     assert metrics["n"] == 1000 and metrics["steps"] == 1000
-    assert metrics["default_guidance"] == meta["sampling"]["default_guidance"]
+    assert metrics["default_guidance"] == meta.default_guidance
     assert metrics["at_default_guidance"]["guidance"] == metrics["default_guidance"]
     assert 0 <= metrics["at_w0"]["SR5"] <= metrics["at_w0"]["SR10"] <= metrics["at_w0"]["SR15"] <= 1
 

@@ -41,14 +41,16 @@ def random_rotation(generator) -> torch.Tensor:
 
 
 @pytest.fixture(
-    params=[("perov_5", "cdi", False), ("mp_20", "cds", False), ("carbon_24", "cdi", False), ("carbon_24", "cds", True)],
+    params=[("perov_5", "cdi", False), ("mp_20", "cds", False), ("carbon_24", "cdi", False),
+            ("carbon_24", "cds", True)],
     ids=lambda p: "-".join(p[:2]) + ("-pair-per-block" if p[2] else ""),
 )
 def setup(request):
     dataset, conditioning, pair_per_block = request.param
     batch, K = real_batch(dataset)
     torch.manual_seed(0)
-    config = DenoiserConfig(num_classes=K, conditioning=conditioning, pair_per_block=pair_per_block, **TINY_ARCHITECTURE)
+    config = DenoiserConfig(num_classes=K, conditioning=conditioning, pair_per_block=pair_per_block,
+                            **TINY_ARCHITECTURE)
     return Denoiser(config).double().eval(), batch
 
 

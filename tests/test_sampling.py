@@ -36,12 +36,12 @@ def test_structures_are_pymatgen_structures_with_requested_atoms(tiny_model):
     for s in structures:
         assert isinstance(s, Structure)
         assert all(math.isfinite(x) for x in s.lattice.abc)
-        assert abs(s.lattice.matrix).max() <= tiny_model.meta["sampling"]["lattice_bound"] + 1e-6
+        assert abs(s.lattice.matrix).max() <= tiny_model.meta.lattice_bound + 1e-6
         assert ((s.frac_coords >= 0) & (s.frac_coords < 1)).all()
 
 
 def test_atom_counts_default_to_the_training_distribution(tiny_model):
-    assert tiny_model.meta["num_atoms"] == {"5": 1.0}
+    assert tiny_model.meta.num_atoms == {5: 1.0}
     assert {len(s) for s in design(tiny_model, n=3, target=0.0, steps=5)} == {5}
 
 
@@ -53,7 +53,7 @@ def test_full_schedule_and_guidance_run(tiny_model):
 @pytest.mark.parametrize("sampler", sorted(SAMPLERS))
 def test_element_mask_is_obeyed(tiny_model, sampler):
     allowed = {"Sr", "Ti", "O"}
-    assert allowed <= set(tiny_model.meta["elements"])
+    assert allowed <= set(tiny_model.meta.elements)
     structures = design(tiny_model, n=6, target=0.5, elements=sorted(allowed), steps=15, seed=3, sampler=sampler)
     assert {el.symbol for s in structures for el in s.species} <= allowed
 

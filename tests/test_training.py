@@ -61,7 +61,7 @@ def test_resume_continues_exactly(tmp_path):
     states = tmp_path / "states"
     # max_minutes=0 stops after the first epoch, with the LR plan of the whole run.
     train(TrainConfig(**TINY_RUN, epochs=2, max_minutes=0), interrupted, state_dir=states, show_progress=False)
-    assert read_metadata(interrupted)["training"]["epochs"] == 1
+    assert read_metadata(interrupted).training["epochs"] == 1
     assert state_path(interrupted, states).exists()
     record = train(TrainConfig(**TINY_RUN, epochs=2), interrupted, resume=True, state_dir=states, show_progress=False)
     assert record["epochs"] == 2
@@ -91,7 +91,7 @@ def test_resume_without_state_warm_starts_from_the_checkpoint(tmp_path):
                    show_progress=False, log=lines.append)
     assert len(lines) == 1 and "warm-starting" in lines[0]
     assert record["epochs"] == 3 and record["warm_started_from"]["epochs"] == 1
-    assert read_metadata(out)["training"]["warm_started_from"]["epochs"] == 1
+    assert read_metadata(out).training["warm_started_from"]["epochs"] == 1
     assert any(not torch.equal(first[k], v) for k, v in load_file(out).items())
 
     with pytest.raises(FileNotFoundError, match="neither a training state"):
@@ -129,10 +129,10 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     out = tmp_path / "model.safetensors"
     train(TrainConfig(**TINY_RUN, epochs=1, conditioning="cds"), out, show_progress=False)
     meta = read_metadata(out)
-    assert meta["conditioning"] == "cds" and meta["dataset"] == "perov_5"
-    assert meta["property"]["name"] == "heat_ref" and meta["property"]["unit"] == "eV"
-    assert meta["num_atoms"] == {"5": 1.0}
-    assert meta["training"]["epochs"] == 1 and meta["training"]["device"] == "cpu"
+    assert meta.conditioning == "cds" and meta.dataset == "perov_5"
+    assert meta.property.name == "heat_ref" and meta.property.unit == "eV"
+    assert meta.num_atoms == {5: 1.0}
+    assert meta.training["epochs"] == 1 and meta.training["device"] == "cpu"
     first, second = load_model(out, "cpu"), load_model(out, "cpu")
     assert first.sha256 == second.sha256
     K = first.denoiser.config.num_classes
@@ -164,7 +164,7 @@ def test_corrupt_and_mismatched_checkpoints_say_what_is_wrong(tmp_path, tiny_che
         load_model(truncated)
 
     tensors = load_file(tiny_checkpoint)
-    meta = read_metadata(tiny_checkpoint)
+    meta = read_metadata(tiny_checkpoint).as_dict()
     foreign = tmp_path / "foreign.safetensors"
     save_file(tensors, foreign, metadata={"framework": "pt"})
     with pytest.raises(CheckpointError, match="not an xtaldiff checkpoint"):

@@ -161,10 +161,10 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
             with _timed(timings, "load"):
                 path = local_checkpoint(sessions, sha256=job.checkpoint_sha256,
                                         cache_dir=settings.resolved_checkpoint_cache_dir)
-                model = load_cached(path)
+                trained = load_cached(path)
             with _timed(timings, "sample"):
                 structures = design(
-                    model, n=params.num_samples, target=params.target, num_atoms=params.num_atoms,
+                    trained, n=params.num_samples, target=params.target, num_atoms=params.num_atoms,
                     elements=params.elements, guidance=params.guidance, steps=params.steps,
                     sampler=params.sampler, seed=params.seed,
                     batch_size=settings.sample_batch_size, progress=hb.progress,
@@ -267,10 +267,10 @@ def validate_checkpoint(sha256: str, *, settings: Settings,
     cache_dir = settings.resolved_checkpoint_cache_dir
     try:
         path = local_checkpoint(sessions, sha256=sha256, cache_dir=cache_dir)
-        model = load_cached(path)
-        steps = min(settings.validation_steps, model.schedule.config.timesteps)
-        structures = design(model, n=settings.validation_samples,
-                            target=model.meta["property"]["mean"], seed=0, steps=steps)
+        trained = load_cached(path)
+        steps = min(settings.validation_steps, trained.schedule.config.timesteps)
+        structures = design(trained, n=settings.validation_samples,
+                            target=trained.meta.property.mean, seed=0, steps=steps)
         if len(structures) != settings.validation_samples:
             reason = (f"sampling gave {len(structures)} structures, "
                       f"not {settings.validation_samples}")

@@ -8,9 +8,11 @@ unpickles anything: the API uses it on untrusted uploads, the worker then loads 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -31,37 +33,59 @@ REQUIRED_PROPERTY_KEYS = ("name", "unit", "min", "max", "mean", "std")
 MAX_ATOMS = 64  # the network is O(N^2) per structure; beyond this a user wants another model
 
 
-def default_guidance(meta: dict) -> float:
-    """The guidance scale a model runs at when a request names none: the one its evaluation
-    chose (`xtaldiff record-evaluation`), 0 for a model never evaluated."""
-    return float(meta.get("sampling", {}).get("default_guidance", 0.0))
-
-
-def default_steps(meta: dict) -> int:
-    """The reverse steps a model runs when a request names none: the fewest whose quality its
-    evaluation found within tolerance of T steps (`xtaldiff record-steps`), T for a model never
-    measured."""
-    return int(meta.get("sampling", {}).get("default_steps", meta["diffusion"]["timesteps"]))
-
-
 class CheckpointFileError(ValueError):
     """The file is not a checkpoint xtaldiff can serve; the message says why."""
+
+
+@dataclass(frozen=True)
+class PropertyStats:
+    """The conditioning property over the training split, in its unit."""
+
+    name: str
+    unit: str
+    mean: float
+    std: float
+    min: float
+    max: float
+    percentiles: Mapping[str, float]  # "5", "10", ... -> value
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """A checked checkpoint header, typed: built only by `check_metadata`."""
+
+    dataset: str
+    conditioning: str
+    property: PropertyStats
+    elements: tuple[str, ...]  # the model's species vocabulary, in class order
+    num_atoms: Mapping[int, float]  # atom count -> probability, as in the training split
+    timesteps: int  # T
+    step_lr: float  # the Langevin corrector's step size gamma
+    lattice_bound: float  # largest lattice-vector component a sample may have
+    # The guidance scale and reverse steps a request that names none runs at: those its
+    # evaluation chose (`xtaldiff record-evaluation`), else w = 0 and T steps.
+    default_guidance: float
+    default_steps: int
+    network: Mapping  # model.network.DenoiserConfig's fields
+    diffusion: Mapping  # model.diffusion.DiffusionConfig's fields
+    training: Mapping  # the training record ({} for a header without one)
+    metrics: Mapping  # the evaluation record ({} for a model never evaluated)
+    header: Mapping  # the JSON object as read; `as_dict` gives a copy to edit and write back
+
+    @property
+    def max_num_atoms(self) -> int:
+        return max(self.num_atoms)
+
+    def as_dict(self) -> dict:
+        return copy.deepcopy(dict(self.header))
 
 
 @dataclass(frozen=True)
 class CheckpointFile:
     sha256: str
     size_bytes: int
-    meta: dict
+    meta: CheckpointMeta
     num_tensors: int
-
-    @property
-    def dataset(self) -> str:
-        return self.meta["dataset"]
-
-    @property
-    def conditioning(self) -> str:
-        return self.meta["conditioning"]
 
 
 def inspect_checkpoint(stream: BinaryIO) -> CheckpointFile:
@@ -150,7 +174,7 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def check_metadata(metadata: object) -> dict:
+def check_metadata(metadata: object) -> CheckpointMeta:
     """The xtaldiff header of a safetensors `__metadata__` dict, checked field by field: the one
     check every reader (the API's upload, the model loader) runs. Raises CheckpointFileError."""
     if not isinstance(metadata, dict) or META_KEY not in metadata:
@@ -160,7 +184,11 @@ def check_metadata(metadata: object) -> dict:
         )
     if not isinstance(metadata[META_KEY], str):
         raise CheckpointFileError("xtaldiff metadata must be a JSON string")
-    meta = _parse_json(metadata[META_KEY], "xtaldiff metadata")
+    return parse_header(_parse_json(metadata[META_KEY], "xtaldiff metadata"))
+
+
+def parse_header(meta: object) -> CheckpointMeta:
+    """Check a header's JSON object and type it (also for headers kept in the database)."""
     if not isinstance(meta, dict):
         raise CheckpointFileError("xtaldiff metadata is not a JSON object")
     if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
@@ -206,4 +234,27 @@ def check_metadata(metadata: object) -> dict:
     steps = sampling.get("default_steps", timesteps)
     if not (_is_count(steps) and 1 <= steps <= timesteps):
         raise CheckpointFileError(f"metadata sampling.default_steps must be an integer from 1 to {timesteps}")
-    return meta
+    for key in ("step_lr", "lattice_bound"):
+        if not (_is_finite_number(sampling.get(key)) and sampling[key] > 0):
+            raise CheckpointFileError(f"metadata sampling.{key} must be a number > 0")
+    for key in ("network", "diffusion"):
+        if not isinstance(meta.get(key), dict):
+            raise CheckpointFileError(f"metadata {key} must be an object")
+    for key in ("training", "metrics"):
+        if not isinstance(meta.get(key) or {}, dict):
+            raise CheckpointFileError(f"metadata {key} must be an object when present")
+    percentiles = prop.get("percentiles") or {}
+    if not (isinstance(percentiles, dict) and all(_is_finite_number(v) for v in percentiles.values())):
+        raise CheckpointFileError("metadata property percentiles must map quantiles to numbers")
+    return CheckpointMeta(
+        dataset=meta["dataset"], conditioning=meta["conditioning"],
+        property=PropertyStats(
+            name=str(prop["name"]), unit=str(prop["unit"]), mean=float(prop["mean"]), std=float(prop["std"]),
+            min=float(prop["min"]), max=float(prop["max"]), percentiles=percentiles,
+        ),
+        elements=tuple(elements), num_atoms={int(k): float(p) for k, p in num_atoms.items()},
+        timesteps=timesteps, step_lr=float(sampling["step_lr"]), lattice_bound=float(sampling["lattice_bound"]),
+        default_guidance=float(guidance), default_steps=steps,
+        network=meta["network"], diffusion=meta["diffusion"],
+        training=meta.get("training") or {}, metrics=meta.get("metrics") or {}, header=meta,
+    )

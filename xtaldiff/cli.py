@@ -156,13 +156,12 @@ def design(
 
     from model.checkpoint import load_model
     from model.sampling import design as run_design
-    from xtaldiff.checkpoint_file import default_guidance, default_steps
     from xtaldiff.samplers import DEFAULT_SAMPLER
 
     with user_errors():
-        model = load_model(checkpoint)
-        guidance = default_guidance(model.meta) if guidance is None else guidance
-        steps = default_steps(model.meta) if steps is None else steps
+        trained = load_model(checkpoint)
+        guidance = trained.meta.default_guidance if guidance is None else guidance
+        steps = trained.meta.default_steps if steps is None else steps
         sampler = DEFAULT_SAMPLER if sampler is None else sampler
         bar = tqdm(total=1, unit="step", disable=not sys.stderr.isatty())
 
@@ -172,7 +171,7 @@ def design(
 
         started = time.time()
         structures = run_design(
-            model, n=n, target=target, num_atoms=num_atoms, elements=parse_elements(elements),
+            trained, n=n, target=target, num_atoms=num_atoms, elements=parse_elements(elements),
             guidance=guidance, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=progress,
         )
         bar.close()
@@ -200,11 +199,11 @@ def design(
                 rows[-1]["relaxation"]["file"] = name.replace(".cif", "_relaxed.cif")
                 CifWriter(relaxed.relaxed).write_file(out / rows[-1]["relaxation"]["file"])
     summary = {
-        "checkpoint": str(checkpoint), "checkpoint_sha256": model.sha256, "dataset": model.dataset,
-        "property": model.meta["property"]["name"], "unit": model.meta["property"]["unit"],
+        "checkpoint": str(checkpoint), "checkpoint_sha256": trained.sha256, "dataset": trained.dataset,
+        "property": trained.meta.property.name, "unit": trained.meta.property.unit,
         "target": target, "n": n, "num_atoms": num_atoms, "elements": parse_elements(elements),
         "guidance": guidance, "steps": steps, "sampler": sampler, "seed": seed,
-        "device": str(model.device), "wall_time_s": round(time.time() - started, 2), "structures": rows,
+        "device": str(trained.device), "wall_time_s": round(time.time() - started, 2), "structures": rows,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     typer.echo(f"wrote {len(structures)} structures to {out}")

@@ -260,13 +260,13 @@ def record_evaluation(
     )
 
     try:
-        meta = read_metadata(checkpoint)
+        checked = read_metadata(checkpoint)
     except CheckpointError as error:
         raise _fail(str(error)) from None
-    timesteps = meta["diffusion"]["timesteps"]
+    timesteps = checked.timesteps
     # Reports name the weights; older ones only the file, whose hash a header rewrite changes.
     weights = weights_sha256(checkpoint)
-    files = {file_sha256(checkpoint), meta.get("metrics", {}).get("evaluated_sha256")}
+    files = {file_sha256(checkpoint), checked.metrics.get("evaluated_sha256")}
     loaded, seen = [], {}
     for folder in reports:
         path = folder / "report.json" if folder.is_dir() else folder
@@ -298,6 +298,7 @@ def record_evaluation(
     if default_guidance not in scales:
         raise _fail(f"--default-guidance {default_guidance} has no report at {timesteps} steps; measured: {scales}")
     default_steps = choose_default_steps(loaded, default_guidance, timesteps)
+    meta = checked.as_dict()
     meta["metrics"] = evaluation_record(loaded, default_guidance, default_steps, timesteps)
     meta["sampling"]["default_guidance"] = default_guidance
     meta["sampling"]["default_steps"] = default_steps

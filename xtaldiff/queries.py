@@ -30,8 +30,8 @@ def add_checkpoint(
     session: Session, *, file: CheckpointFile, name: str, data: bytes, status: CheckpointStatus
 ) -> Checkpoint:
     checkpoint = Checkpoint(
-        sha256=file.sha256, name=name, dataset=file.dataset, conditioning=file.conditioning,
-        status=status, active=False, meta=file.meta, size_bytes=file.size_bytes,
+        sha256=file.sha256, name=name, dataset=file.meta.dataset, conditioning=file.meta.conditioning,
+        status=status, active=False, header_json=file.meta.as_dict(), size_bytes=file.size_bytes,
         validated_at=utcnow() if status == CheckpointStatus.ready else None,
     )
     session.add(checkpoint)
@@ -126,8 +126,8 @@ def create_job(
     job = Job(
         id=str(uuid.uuid4()), status=JobStatus.queued, owner=owner,
         checkpoint_sha256=checkpoint.sha256, model_name=checkpoint.name,
-        dataset=checkpoint.dataset, property_name=checkpoint.meta["property"]["name"],
-        property_unit=checkpoint.meta["property"]["unit"], request=request, warnings=warnings,
+        dataset=checkpoint.dataset, property_name=checkpoint.meta.property.name,
+        property_unit=checkpoint.meta.property.unit, request=request, warnings=warnings,
         progress_done=0, progress_total=0, attempt=0, enqueue_count=1, cancel_requested=False,
         timings={}, created_at=utcnow(), enqueued_at=utcnow(),
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from xtaldiff import db, queries
-from xtaldiff.checkpoint_file import inspect_checkpoint
+from xtaldiff.checkpoint_file import CheckpointMeta, inspect_checkpoint
 from xtaldiff.settings import REPO_ROOT, Settings
 from xtaldiff.states import DEFAULT_QUEUE, GPU_QUEUE, CheckpointStatus
 from xtaldiff.tables import Checkpoint
@@ -109,10 +109,10 @@ class WorkerSupervisor:
         self._thread.join(timeout=5)
 
 
-def serving_rank(meta: dict) -> tuple[float, float]:
+def serving_rank(meta: CheckpointMeta) -> tuple[float, float]:
     """Which of a dataset's models serves it: SR5 at its default guidance, then at w = 0
     (`xtaldiff record-evaluation` writes both; a model never evaluated ranks last)."""
-    metrics = meta.get("metrics") or {}
+    metrics = meta.metrics
     at_default = metrics.get("at_default_guidance") or {}
     at_w0 = metrics.get("at_w0") or {}
     return float(at_default.get("SR5", -1.0)), float(at_w0.get("SR5", -1.0))

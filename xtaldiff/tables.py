@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from xtaldiff.checkpoint_file import CheckpointMeta, parse_header
 from xtaldiff.states import CheckpointStatus, JobStatus
 
 # Named constraints so that migrations can drop them on both databases.
@@ -76,7 +77,7 @@ class Checkpoint(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=False)
     # Activated through /admin: `serve` and `migrate` then leave the dataset's choice alone.
     chosen_by_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    meta: Mapped[dict] = mapped_column(JSON)
+    header_json: Mapped[dict] = mapped_column("meta", JSON)  # the checkpoint's header as uploaded
     size_bytes: Mapped[int] = mapped_column(Integer)
     uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -94,6 +95,11 @@ class Checkpoint(Base):
             sqlite_where=text("active"),
         ),
     )
+
+    @property
+    def meta(self) -> CheckpointMeta:
+        """The header, checked and typed (it was checked on upload; this re-reads it)."""
+        return parse_header(self.header_json)
 
 
 class CheckpointBlob(Base):

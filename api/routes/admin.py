@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile, status
 
 from api.deps import AdminDep, CeleryDep, SessionDep
-from api.errors import BadRequest, Conflict, NotFound
+from api.errors import Conflict, NotFound, Unprocessable
 from api.schemas import MODEL_NAME_PATTERN, CheckpointOut, Problem
 from api.views import checkpoint_out
 from xtaldiff import queries
@@ -46,17 +46,17 @@ def upload_checkpoint(
     fails is marked rejected with the reason.
     """
     if name is not None and not re.fullmatch(MODEL_NAME_PATTERN, name):
-        raise BadRequest("name: use 1-64 letters, digits, '_', '.', '-', starting with a "
+        raise Unprocessable("name: use 1-64 letters, digits, '_', '.', '-', starting with a "
                          "letter or digit")
     try:
         inspected = inspect_checkpoint(file.file)
     except CheckpointFileError as err:
-        raise BadRequest(f"file: {err}") from None
+        raise Unprocessable(f"file: {err}") from None
     existing = queries.get_checkpoint(session, sha256=inspected.sha256)
     if existing is not None:
         raise Conflict(f"this file is already registered as {existing.name!r} "
                        f"({existing.status})")
-    name = name or f"{inspected.dataset}_{inspected.conditioning}_{inspected.sha256[:8]}"
+    name = name or f"{inspected.meta.dataset}_{inspected.meta.conditioning}_{inspected.sha256[:8]}"
     if queries.get_checkpoint(session, name=name) is not None:
         raise Conflict(f"name {name!r} is taken; give another `name`")
     file.file.seek(0)

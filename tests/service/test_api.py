@@ -124,7 +124,7 @@ def test_models_lists_ready_checkpoints_with_property_range(client, checkpoint):
 
 
 def test_target_just_outside_the_training_range_runs_with_a_warning(client, checkpoint):
-    low = checkpoint.meta["property"]["min"]
+    low = checkpoint.meta.property.min
     response = client.post("/design", json={"dataset": "perov_5", "target": low - 0.1})
     assert response.status_code == 202
     assert "below the lowest heat_ref" in response.json()["warnings"][0]
@@ -140,14 +140,14 @@ def test_metrics_exports_request_counts_and_jobs_per_status(client, checkpoint):
 
 def test_plain_function_rejects_a_retired_model(settings, sessions, checkpoint):
     from api.design import plan_design
-    from api.errors import BadRequest
+    from api.errors import Unprocessable
     from api.schemas import DesignRequest
 
     with sessions() as session:
         queries.retire_checkpoint(session, checkpoint=queries.get_checkpoint(
             session, name=checkpoint.name))
         session.commit()
-        with pytest.raises(BadRequest, match="is retired"):
+        with pytest.raises(Unprocessable, match="is retired"):
             plan_design(session, request=DesignRequest(model=checkpoint.name, target=1.0),
                         settings=settings)
 
@@ -264,7 +264,7 @@ def test_a_request_without_guidance_or_steps_runs_at_the_models_defaults(client,
     from xtaldiff.serve import register_checkpoint
 
     path = tiny_checkpoint_file(tmp_path / "guided.safetensors", seed=5)
-    meta = read_metadata(path)
+    meta = read_metadata(path).as_dict()
     meta["sampling"].update(default_guidance=1.5, default_steps=20)
     rewrite_metadata(path, meta)
     register_checkpoint(sessions, path)
@@ -397,7 +397,7 @@ def test_cancelling_while_relaxing_stops_between_structures(client, settings, se
             # Two heartbeats after the request: the first read it, so the worker knows.
             for _ in range(2):
                 before = heartbeat_at()
-                wait_for(lambda: heartbeat_at() > before, timeout=30, what="a heartbeat")
+                wait_for(lambda before=before: heartbeat_at() > before, timeout=30, what="a heartbeat")
         return model.relax.Relaxation(None, None, None, 0, False, None, "not relaxed in this test")
 
     monkeypatch.setattr(model.relax, "relax", relax_and_cancel_at_the_second)

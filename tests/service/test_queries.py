@@ -166,7 +166,7 @@ def test_prepare_database_makes_each_datasets_best_model_active(settings, sessio
     for name, sr5 in (("better", 0.9), ("worse", 0.5), ("unevaluated", None)):
         path = paths[name] = tiny_checkpoint_file(tmp_path / f"{name}.safetensors", seed=len(paths))
         if sr5 is not None:
-            meta = read_metadata(path)
+            meta = read_metadata(path).as_dict()
             meta["metrics"] = {"at_default_guidance": {"SR5": sr5}, "at_w0": {"SR5": sr5}}
             rewrite_metadata(path, meta)
     # Listed best first: the order of the list must not decide.
@@ -184,7 +184,7 @@ def test_an_admins_choice_of_model_survives_a_restart(settings, sessions, tmp_pa
     paths = []
     for name, sr5 in (("better", 0.9), ("worse", 0.5)):
         path = tiny_checkpoint_file(tmp_path / f"{name}.safetensors", seed=len(paths))
-        meta = read_metadata(path)
+        meta = read_metadata(path).as_dict()
         meta["metrics"] = {"at_default_guidance": {"SR5": sr5}}
         rewrite_metadata(path, meta)
         paths.append(path)

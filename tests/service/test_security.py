@@ -243,6 +243,11 @@ def test_production_refuses_unsafe_settings():
     (lambda meta: meta.update(num_atoms={"\u00b2": 1.0}), "atom counts from 1 to 64"),
     (lambda meta: meta.update(num_atoms={"5000": 1.0}), "atom counts from 1 to 64"),
     (lambda meta: meta.update(num_atoms={"5": -1.0}), "atom counts from 1 to 64"),
+    (lambda meta: meta["sampling"].pop("step_lr"), "sampling.step_lr must be a number > 0"),
+    (lambda meta: meta["sampling"].update(lattice_bound=float("nan")), "sampling.lattice_bound must be a number > 0"),
+    (lambda meta: meta.update(network=[128]), "network must be an object"),
+    (lambda meta: meta.update(metrics="SR5 1.0"), "metrics must be an object when present"),
+    (lambda meta: meta["property"].update(percentiles={"5": "low"}), "percentiles must map quantiles to numbers"),
 ])
 def test_headers_without_a_usable_schedule_or_guidance_are_refused(tiny_checkpoint, change, message):
     import io
@@ -253,7 +258,7 @@ def test_headers_without_a_usable_schedule_or_guidance_are_refused(tiny_checkpoi
     size = struct.unpack("<Q", raw[:8])[0]
     header = json.loads(raw[8 : 8 + size])
     meta = json.loads(header["__metadata__"]["xtaldiff"])
-    assert inspect_checkpoint(io.BytesIO(raw)).meta == meta
+    assert inspect_checkpoint(io.BytesIO(raw)).meta.header == meta
     change(meta)
     header["__metadata__"]["xtaldiff"] = json.dumps(meta)
     with pytest.raises(CheckpointFileError, match=message):
