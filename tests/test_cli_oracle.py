@@ -253,3 +253,37 @@ def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_
     assert designed.exit_code == 0, designed.output
     summary = json.loads((tmp_path / "designs" / "summary.json").read_text())
     assert (summary["guidance"], summary["steps"], summary["sampler"]) == (1.0, 10, "rescaled")
+
+
+def test_the_worker_evaluate_and_predict_score_a_structure_alike(tmp_path):
+    """One judgement of validity and one prediction per structure, whoever asks: the worker's
+    rows, `evaluate`'s report and `xtaldiff predict`, including past SMACT's 10-element guard."""
+    from pymatgen.core import Lattice, Structure
+
+    from model.oracle import Oracle
+    from model.report import score as report_score
+    from worker.scoring import score as worker_score
+
+    symbols = ["Li", "Na", "K", "Mg", "Ca", "Sr", "Ba", "Ti", "Zr", "Nb", "O"]
+    many = Structure(Lattice.cubic(12.0), symbols, [[i / 11, (3 * i % 11) / 11, 0.5] for i in range(11)])
+    perovskite = Structure.from_str(perov_test_rows(1)[0]["cif"], fmt="cif")
+    structures = [perovskite, many]
+    for i, structure in enumerate(structures):
+        structure.to(filename=str(tmp_path / f"{i}.cif"))
+    out = tmp_path / "preds.csv"
+    assert run("predict", "--dataset", "perov_5", "--input", str(tmp_path), "--out", str(out)).exit_code == 0
+    predicted = {row["id"]: row for row in csv.DictReader(io.StringIO(out.read_text()))}
+    rows = [{}, {}]
+    worker_score(structures, rows, dataset="perov_5", oracle=True)
+    validities, predictions = report_score(structures, Oracle.for_dataset("perov_5"), workers=1, progress=False)
+    for i, (row, checks, prediction) in enumerate(zip(rows, validities, predictions, strict=True)):
+        cli = predicted[f"{i}.cif"]
+        assert (row["valid_structure"], row["valid_composition"]) == (checks.structural, checks.compositional)
+        as_csv = ["" if v is None else str(v) for v in (checks.structural, checks.compositional)]
+        assert [cli["structural_valid"], cli["compositional_valid"]] == as_csv
+        assert row["predicted_property"] == prediction.value
+        cli_value = cli["predicted_heat_ref_eV"]
+        assert (None if cli_value == "" else round(float(cli_value), 6)) == (
+            None if prediction.value is None else round(prediction.value, 6))
+    assert validities[1].compositional is None and not validities[1].valid
+    assert validities[0].valid and predictions[0].value is not None
