@@ -61,6 +61,15 @@ async def get_owner(
     return digest.hex()
 
 
+async def get_client(request: Request, owner: Annotated[str | None, Depends(get_owner)]) -> str:
+    """Who is asking, for the per-caller limit and the fair queue: the key when keys are on,
+    else the address the request came from (behind a proxy, run uvicorn with
+    --forwarded-allow-ips so that this is the caller's and not the proxy's)."""
+    if owner is not None:
+        return owner
+    return f"ip:{request.client.host if request.client else 'unknown'}"
+
+
 def admin_refusal(settings: Settings, authorization: str | None) -> HTTPException | None:
     """Why a request with this Authorization header may not use /admin (None: it may)."""
     if settings.admin_token is None:
@@ -92,4 +101,5 @@ SettingsDep = Annotated[Settings, Depends(app_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 OwnerDep = Annotated[str | None, Depends(get_owner)]
+ClientDep = Annotated[str, Depends(get_client)]
 AdminDep = Depends(require_admin)

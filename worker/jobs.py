@@ -114,7 +114,8 @@ def claim(sessions: sessionmaker[Session], *, job_id: str, settings: Settings,
     while True:
         with sessions() as session:
             found = queries.claim_job(session, job_id=job_id, worker=worker_name(),
-                                      stale_after_s=settings.stale_after_s)
+                                      stale_after_s=settings.stale_after_s,
+                                      max_worker_losses=settings.max_worker_losses)
             session.commit()
         if found is None:
             log.warning("job %s does not exist", job_id)
@@ -263,6 +264,18 @@ def validate_checkpoint(sha256: str, *, settings: Settings,
     from model.checkpoint import CheckpointError
     from model.sampling import DesignError, design
 
+    with sessions() as session:
+        started = queries.start_validation(session, sha256=sha256)
+        session.commit()
+    if started == 0:
+        return None  # validated (or retired) already: a redelivered message
+    if started > settings.max_worker_losses:
+        reason = (f"its validation was started {started - 1} times without finishing (the worker "
+                  "was killed or ran out of memory): rejected without trying again")
+        with sessions() as session:
+            queries.record_validation(session, sha256=sha256, reason=reason)
+            session.commit()
+        return reason
     reason = None
     cache_dir = settings.resolved_checkpoint_cache_dir
     try:
@@ -295,7 +308,8 @@ def requeue_lost_jobs(*, settings: Settings, sessions: sessionmaker[Session], ce
     """
     with sessions() as session:
         job_ids = queries.lost_jobs(session, requeue_after_s=settings.requeue_after_s,
-                                    stale_after_s=settings.stale_after_s)
+                                    stale_after_s=settings.stale_after_s,
+                                    max_worker_losses=settings.max_worker_losses)
         session.commit()
     sent = []
     for job_id in job_ids:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import Select, case, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from xtaldiff.checkpoint_file import CheckpointFile
@@ -98,6 +98,15 @@ def unsent_validations(session: Session, *, resend_after_s: float) -> list[str]:
     ).all())
 
 
+def start_validation(session: Session, *, sha256: str) -> int:
+    """Count one more start of this upload's validation; returns the count (0: not validating)."""
+    return session.scalar(
+        update(Checkpoint).where(Checkpoint.sha256 == sha256, Checkpoint.status == CheckpointStatus.validating)
+        .values(validation_attempts=Checkpoint.validation_attempts + 1)
+        .returning(Checkpoint.validation_attempts)
+    ) or 0
+
+
 def record_validation(session: Session, *, sha256: str, reason: str | None) -> Checkpoint | None:
     """Mark a validating checkpoint ready (reason None) or rejected with the reason."""
     checkpoint = session.get(Checkpoint, sha256)
@@ -119,12 +128,12 @@ def checkpoint_bytes(session: Session, *, sha256: str) -> bytes | None:
 
 def create_job(
     session: Session, *, checkpoint: Checkpoint, request: dict, warnings: list[str],
-    owner: str | None,
+    owner: str | None, client: str | None = None,
 ) -> Job:
     """A queued job, counted as sent: the caller sends it right after committing (one commit
     on the happy path) and calls ``mark_unsent`` if the broker refused it."""
     job = Job(
-        id=str(uuid.uuid4()), status=JobStatus.queued, owner=owner,
+        id=str(uuid.uuid4()), status=JobStatus.queued, owner=owner, client=client or owner,
         checkpoint_sha256=checkpoint.sha256, model_name=checkpoint.name,
         dataset=checkpoint.dataset, property_name=checkpoint.meta.property.name,
         property_unit=checkpoint.meta.property.unit, request=request, warnings=warnings,
@@ -167,28 +176,29 @@ class Claim:
 
 
 def fairest_queued_job(session: Session) -> str | None:
-    """The queued job to run next, so that no caller starves another: the owner (API key; all
-    keyless callers are one) with the fewest running jobs, then the one whose last job started
-    longest ago, then the oldest job. A flood from one key thus interleaves with other keys'."""
+    """The queued job to run next, so that no caller starves another: the client (API key, or
+    address when keys are off) with the fewest running jobs, then the one whose last job
+    started longest ago, then the oldest job. A flood from one client thus interleaves with
+    the others' jobs."""
     queued = session.execute(
-        select(Job.id, Job.owner, Job.created_at)
+        select(Job.id, Job.client, Job.created_at)
         .where(Job.status == JobStatus.queued, Job.cancel_requested.is_(False))
         .order_by(Job.created_at).limit(10_000)
     ).all()
     if not queued:
         return None
     running = dict(session.execute(
-        select(Job.owner, func.count()).where(Job.status == JobStatus.running).group_by(Job.owner)
+        select(Job.client, func.count()).where(Job.status == JobStatus.running).group_by(Job.client)
     ).all())
     last_started = dict(session.execute(
-        select(Job.owner, func.max(Job.started_at)).where(Job.started_at.is_not(None))
-        .group_by(Job.owner)
+        select(Job.client, func.max(Job.started_at)).where(Job.started_at.is_not(None))
+        .group_by(Job.client)
     ).all())
     never = datetime.min.replace(tzinfo=UTC)
 
     def turn(row) -> tuple:
-        started = last_started.get(row.owner)
-        return (running.get(row.owner, 0), _aware(started) if started else never, _aware(row.created_at))
+        started = last_started.get(row.client)
+        return (running.get(row.client, 0), _aware(started) if started else never, _aware(row.created_at))
 
     return min(queued, key=turn).id
 
@@ -198,23 +208,39 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def claim_job(session: Session, *, job_id: str, worker: str, stale_after_s: float) -> Claim | None:
-    """Take a queued job, or a running one whose worker stopped beating; None if no such job."""
+def worker_loss_error(losses: int) -> str:
+    return (f"the worker running this job stopped {losses} times before finishing it (killed, or out "
+            "of memory), so it is not run again: ask for fewer structures, fewer steps or no "
+            "relaxation, or tell the operator")
+
+
+def claim_job(session: Session, *, job_id: str, worker: str, stale_after_s: float,
+              max_worker_losses: int) -> Claim | None:
+    """Take a queued job, or a running one whose worker stopped beating; None if no such job.
+
+    A job whose worker was lost `max_worker_losses` times fails instead of being taken over.
+    """
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         return None
     now = utcnow()
-    takeable = or_(
-        Job.status == JobStatus.queued,
-        (Job.status == JobStatus.running)
-        & (Job.heartbeat_at < now - timedelta(seconds=stale_after_s)),
+    abandoned = (Job.status == JobStatus.running) & (Job.heartbeat_at < now - timedelta(seconds=stale_after_s))
+    mine = (Job.id == job_id, Job.attempt == job.attempt)
+    given_up = session.execute(
+        update(Job).where(*mine, abandoned, Job.worker_losses + 1 >= max_worker_losses)
+        .values(status=JobStatus.failed, attempt=job.attempt + 1, worker_losses=job.worker_losses + 1,
+                finished_at=now, error=worker_loss_error(job.worker_losses + 1))
+        .execution_options(synchronize_session=False)
     )
+    if given_up.rowcount == 1:
+        session.refresh(job)
+        return Claim(None, JobStatus.failed, job.heartbeat_at)
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.attempt == job.attempt, Job.cancel_requested.is_(False),
-               takeable)
+        .where(*mine, Job.cancel_requested.is_(False), or_(Job.status == JobStatus.queued, abandoned))
         .values(status=JobStatus.running, attempt=job.attempt + 1, worker=worker,
                 heartbeat_at=now, started_at=func.coalesce(Job.started_at, now),
+                worker_losses=Job.worker_losses + case((Job.status == JobStatus.running, 1), else_=0),
                 progress_done=0)
         .execution_options(synchronize_session=False)
     )
@@ -284,12 +310,11 @@ def release_job(session: Session, *, job_id: str, attempt: int) -> bool:
     return result.rowcount == 1
 
 
-def count_pending_jobs(session: Session, *, owner: str | None) -> int:
-    """Queued or running jobs of this owner (None: of callers without a key)."""
-    mine = Job.owner.is_(None) if owner is None else Job.owner == owner
+def count_pending_jobs(session: Session, *, client: str) -> int:
+    """Queued or running jobs of this client (see ``Job.client``)."""
     return session.scalar(
         select(func.count()).select_from(Job)
-        .where(mine, Job.status.in_((JobStatus.queued, JobStatus.running)))
+        .where(Job.client == client, Job.status.in_((JobStatus.queued, JobStatus.running)))
     )
 
 
@@ -307,11 +332,13 @@ def request_cancel(session: Session, *, job: Job) -> JobStatus:
     return JobStatus(job.status)
 
 
-def lost_jobs(session: Session, *, requeue_after_s: float, stale_after_s: float) -> list[str]:
+def lost_jobs(session: Session, *, requeue_after_s: float, stale_after_s: float,
+              max_worker_losses: int) -> list[str]:
     """Jobs to enqueue again: queued ones not (re)sent lately, running ones nobody beats for.
 
-    A running job whose worker died goes back to queued here; its attempt counter keeps the
-    dead worker, should it come back, from writing to it.
+    A running job whose worker died goes back to queued here (or fails, the
+    `max_worker_losses`-th time); its attempt counter keeps the dead worker, should it come
+    back, from writing to it.
     """
     now = utcnow()
     stale = now - timedelta(seconds=stale_after_s)
@@ -320,9 +347,18 @@ def lost_jobs(session: Session, *, requeue_after_s: float, stale_after_s: float)
         update(Job).where(*dead, Job.cancel_requested)
         .values(status=JobStatus.cancelled, attempt=Job.attempt + 1, finished_at=now)
     )
+    for losses in session.scalars(
+        select(Job.worker_losses + 1).where(*dead, Job.worker_losses + 1 >= max_worker_losses).distinct()
+    ).all():
+        session.execute(
+            update(Job).where(*dead, Job.worker_losses + 1 == losses)
+            .values(status=JobStatus.failed, attempt=Job.attempt + 1, worker_losses=losses,
+                    finished_at=now, error=worker_loss_error(losses))
+        )
     revived = session.scalars(
         update(Job).where(*dead)
-        .values(status=JobStatus.queued, attempt=Job.attempt + 1, enqueued_at=None)
+        .values(status=JobStatus.queued, attempt=Job.attempt + 1, enqueued_at=None,
+                worker_losses=Job.worker_losses + 1)
         .returning(Job.id)
     ).all()
     cutoff = now - timedelta(seconds=requeue_after_s)

@@ -67,8 +67,13 @@ class Settings(BaseSettings):
         100, ge=0, description="Most structures one job may ask to relax (CHGNet takes seconds per structure "
         "on a CPU); 0 turns relaxation off.")
     max_pending_jobs: int = Field(
-        100, ge=1, description="Most queued or running jobs one API key may have (all callers "
-        "together when keys are off); past it POST /design answers 429 with Retry-After.",
+        100, ge=1, description="Most queued or running jobs one API key may have (one caller "
+        "address when keys are off); past it POST /design answers 429 with Retry-After.",
+    )
+    max_worker_losses: int = Field(
+        3, ge=1, description="A job whose worker died this many times while running it fails, and "
+        "an upload whose validation was started this many times is rejected, instead of being "
+        "delivered again: work that kills its worker must not be retried forever.",
     )
     max_steps: int = Field(5000, ge=1, description="Most reverse diffusion steps one job may ask.")
     max_guidance: float = Field(20.0, ge=0, description="Largest classifier-free guidance.")

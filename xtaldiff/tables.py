@@ -84,6 +84,7 @@ class Checkpoint(Base):
     # When the validation task last went to the broker (None: not yet, the sweep sends it).
     validation_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     rejection_reason: Mapped[str | None] = mapped_column(Text)
+    validation_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         # At most one active checkpoint per dataset, enforced by the database itself.
@@ -119,6 +120,9 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     status: Mapped[JobStatus] = mapped_column(String(16))
     owner: Mapped[str | None] = mapped_column(String(64))  # sha256 of the API key, if keys are on
+    # Who asked, for the per-caller limit and the fair queue: the owner when keys are on, else
+    # "ip:<address>" (None: a job written before migration 0005 by a keyless caller).
+    client: Mapped[str | None] = mapped_column(String(80))
     checkpoint_sha256: Mapped[str] = mapped_column(ForeignKey("checkpoints.sha256"))
     model_name: Mapped[str] = mapped_column(String(64))
     dataset: Mapped[str] = mapped_column(String(32))
@@ -133,6 +137,8 @@ class Job(Base):
     # job's may not write to it (compare-and-set), which keeps redeliveries from duplicating.
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     enqueue_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Times the worker running it stopped beating (killed, out of memory) and another took over.
+    worker_losses: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str | None] = mapped_column(Text)
     summary: Mapped[dict | None] = mapped_column(JSON)

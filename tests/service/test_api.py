@@ -341,6 +341,24 @@ def test_a_caller_with_too_many_unfinished_jobs_gets_a_429_with_retry_after(sett
         assert client.post("/design", json={"dataset": "perov_5", "target": 1.0}).status_code == 202
 
 
+def test_without_keys_the_pending_limit_is_per_address(settings, sessions, checkpoint):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from xtaldiff.tables import Job
+
+    limited = settings.model_copy(update={"max_pending_jobs": 2})
+    assert not limited.api_keys
+    with TestClient(create_app(limited), client=("10.0.0.1", 5000)) as flooder, \
+            TestClient(create_app(limited), client=("10.0.0.2", 5000)) as other:
+        submit(flooder), submit(flooder)
+        refused = flooder.post("/design", json={"dataset": "perov_5", "target": 1.0, "steps": 5})
+        assert refused.status_code == 429 and "per address" in refused.json()["detail"]
+        job_id = submit(other)
+    with sessions() as session:
+        assert session.get(Job, job_id).client == "ip:10.0.0.2"
+
+
 def test_a_job_with_relax_keeps_each_structure_as_generated_and_as_relaxed(client, settings, sessions, checkpoint):
     too_many = client.post("/design", json={"dataset": "perov_5", "target": 1.0, "relax": True,
                                             "num_samples": settings.max_relax_samples + 1})

@@ -137,7 +137,8 @@ def test_a_finished_jobs_results_wait_out_a_database_outage(tmp_path, tiny_check
         sessions = db.session_factory(proxied, 1)
         try:
             with sessions() as session:
-                attempt = queries.claim_job(session, job_id=job_id, worker="w", stale_after_s=30).attempt
+                attempt = queries.claim_job(session, job_id=job_id, worker="w", stale_after_s=30,
+                                            max_worker_losses=3).attempt
                 session.commit()
             proxy.stop()
             outcome = {}

@@ -35,7 +35,8 @@ def job_id(sessions, checkpoint) -> str:
 
 def claim(sessions, job_id, stale_after_s=30.0):
     with sessions() as session:
-        found = queries.claim_job(session, job_id=job_id, worker="w", stale_after_s=stale_after_s)
+        found = queries.claim_job(session, job_id=job_id, worker="w", stale_after_s=stale_after_s,
+                                  max_worker_losses=3)
         session.commit()
         return found
 
@@ -79,10 +80,44 @@ def test_a_stale_running_job_is_taken_over_and_the_old_owner_cannot_write(sessio
     assert structure_count(sessions, job_id) == 3
 
 
+def test_a_job_that_keeps_killing_its_worker_fails_instead_of_running_forever(sessions, settings, job_id):
+    first = claim(sessions, job_id).attempt
+    for losses in (1, 2):  # each worker dies; the next delivery (or the sweep) takes the job over
+        age_heartbeat(sessions, job_id, 60)
+        if losses == 1:
+            assert claim(sessions, job_id).attempt == first + 1
+        else:
+            assert requeue_lost_jobs(settings=settings.model_copy(update={"max_worker_losses": 3}),
+                                     sessions=sessions, celery=create_celery(settings)) == [job_id]
+            assert claim(sessions, job_id).attempt is not None
+        with sessions() as session:
+            assert session.get(Job, job_id).worker_losses == losses
+    age_heartbeat(sessions, job_id, 60)
+    found = claim(sessions, job_id)  # the third loss
+    assert (found.attempt, found.status) == (None, JobStatus.failed)
+    with sessions() as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.worker_losses) == ("failed", 3)
+        assert "stopped 3 times" in job.error and "ask for fewer structures" in job.error
+
+
+def test_the_sweep_gives_up_on_a_job_whose_worker_died_too_often(sessions, settings, job_id):
+    twice = settings.model_copy(update={"max_worker_losses": 2})
+    for expected in ("queued", "failed"):
+        claim(sessions, job_id)
+        age_heartbeat(sessions, job_id, 60)
+        requeue_lost_jobs(settings=twice, sessions=sessions, celery=create_celery(settings))
+        with sessions() as session:
+            assert session.get(Job, job_id).status == expected
+    with sessions() as session:
+        assert "stopped 2 times" in session.get(Job, job_id).error
+
+
 def test_query_functions_leave_the_commit_to_their_caller(sessions, job_id):
     """The module's transaction rule: a caller that rolls back undoes every state change."""
     with sessions() as session:
-        assert queries.claim_job(session, job_id=job_id, worker="w", stale_after_s=30).attempt == 1
+        assert queries.claim_job(session, job_id=job_id, worker="w", stale_after_s=30,
+                                 max_worker_losses=3).attempt == 1
         assert queries.finish_job(session, job_id=job_id, attempt=1, structures=[ROW], summary={},
                                   timings={}) is True
         queries.worker_seen(session, name="w@host", pid=1, queues="design")
@@ -204,17 +239,17 @@ def test_an_admins_choice_of_model_survives_a_restart(settings, sessions, tmp_pa
         assert queries.active_checkpoint(session, dataset="perov_5").name == "better"
 
 
-def test_a_flood_from_one_key_does_not_starve_another(settings, sessions, checkpoint):
+def test_a_flood_from_one_client_does_not_starve_another(settings, sessions, checkpoint):
     from worker.jobs import run_design
 
-    def job_of(owner: str) -> str:
+    def job_of(client: str) -> str:
         with sessions() as session:
             job = queries.create_job(session, checkpoint=session.get(Checkpoint, checkpoint.sha256),
                                      request=DesignParams(
                                          model=checkpoint.name, dataset="perov_5", target=1.0, num_samples=1,
                                          num_atoms=None, elements=None, guidance=0.0, steps=2,
                                          sampler="rescaled", seed=0).as_json(),
-                                     warnings=[], owner=owner)
+                                     warnings=[], owner=None, client=client)
             session.commit()
             return job.id
 

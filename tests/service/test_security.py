@@ -173,6 +173,26 @@ def test_a_checkpoint_whose_weights_do_not_load_is_rejected_with_the_reason(
     assert client.get("/models").json() == []
 
 
+def test_a_validation_started_too_often_is_rejected_without_loading_it_again(
+        client, settings, sessions, tmp_path, monkeypatch):
+    from tests.conftest import tiny_checkpoint_file
+    from worker import jobs
+    from xtaldiff.tables import Checkpoint
+
+    sha = _upload(client, tiny_checkpoint_file(tmp_path / "x.safetensors", seed=5).read_bytes(),
+                  name="crashy").json()["sha256"]
+    loaded = []
+    monkeypatch.setattr(jobs, "local_checkpoint", lambda *_args, **_kwargs: loaded.append(sha))
+    with sessions() as session:  # as if the validation had killed its worker every time so far
+        session.get(Checkpoint, sha).validation_attempts = settings.max_worker_losses
+        session.commit()
+    reason = validate_checkpoint(sha, settings=settings, sessions=sessions)
+    assert loaded == [] and f"started {settings.max_worker_losses} times without finishing" in reason
+    row = next(r for r in client.get("/admin/checkpoints", headers=ADMIN).json() if r["name"] == "crashy")
+    assert (row["status"], row["rejection_reason"]) == ("rejected", reason)
+    assert validate_checkpoint(sha, settings=settings, sessions=sessions) is None  # a redelivery: nothing to do
+
+
 def test_activate_switches_the_dataset_model_and_retire_stops_it(
         client, settings, sessions, checkpoint, tmp_path):
     from tests.conftest import tiny_checkpoint_file
