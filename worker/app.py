@@ -1,15 +1,19 @@
 """The worker's Celery app (``celery -A worker.app worker``), configured from the settings.
 
-Also keeps this worker's row in the ``workers`` table fresh, so that /health can list it.
+Also keeps this worker's row in the ``workers`` table fresh, so that /health can list it, and
+ties an embedded beat (``--beat``) to the worker's life.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import sys
 import threading
 
-from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import beat_embedded_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from xtaldiff import queries
 from xtaldiff.broker import create_celery
@@ -20,6 +24,20 @@ log = logging.getLogger(__name__)
 
 app = create_celery(get_settings(), with_tasks=True)
 _stop = threading.Event()
+_WORKER_PID = os.getpid()  # imported before `--beat` forks its scheduler: the child's parent
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@beat_embedded_init.connect
+def _die_with_the_worker(**_kwargs) -> None:
+    """`--beat` runs the scheduler as a child process. A SIGKILLed worker would leave it running,
+    orphaned, and the restarted worker would start a second one, so that two beats send
+    sweeps: on Linux the kernel sends this child SIGTERM when the worker dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != _WORKER_PID:  # the worker died before the line above
+        os._exit(0)
 
 
 def _record_worker_heartbeats(name: str, queues: str) -> None:

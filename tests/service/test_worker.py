@@ -116,3 +116,35 @@ def test_worker_killed_mid_job_is_redelivered_and_finishes_once(tmp_path, tiny_c
             first.stop()
             if second is not None:
                 second.stop()
+
+
+def test_a_killed_worker_takes_its_beat_with_it(tmp_path, redis_prefix):
+    """SIGKILL to the worker alone (not its process group, as `kill -9 <pid>` or an OOM kill
+    would do): its embedded beat must not live on beside the next worker's beat."""
+    import os
+    import signal
+
+    import psutil
+
+    with postgres_schema() as url:
+        db.upgrade(url)
+        settings = make_settings(tmp_path, url, prefix=redis_prefix)
+        worker = WorkerProcess(settings, tmp_path / "worker.log", beat=True)
+        try:
+            worker.wait_ready(db.session_factory(url))
+            parent = psutil.Process(worker.process.pid)
+
+            def beat_children():
+                return [c for c in parent.children() if "forkserver" not in " ".join(c.cmdline())]
+
+            beats = wait_for(beat_children, timeout=60, what="the embedded beat to start")
+            os.kill(worker.process.pid, signal.SIGKILL)
+            worker.process.wait()
+
+            def all_gone():
+                return all(not b.is_running() or b.status() == psutil.STATUS_ZOMBIE for b in beats)
+
+            wait_for(all_gone, timeout=30, what="the orphaned beat to exit")
+        finally:
+            worker.stop()
+
