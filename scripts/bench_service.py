@@ -60,10 +60,11 @@ def checkpoint_for(dataset: str, directory: Path, *, untrained: bool) -> Path:
     return path
 
 
-def start_service(args, checkpoints: list[Path], data_dir: Path, port: int) -> list:
+def start_service(args, checkpoints: list[Path], data_dir: Path, port: int, extra_env: dict | None = None) -> list:
     env = {**os.environ, "XTALDIFF_DATA_DIR": str(data_dir),
            "XTALDIFF_BUNDLED_CHECKPOINTS": json.dumps([str(p) for p in checkpoints]),
-           "XTALDIFF_ORACLE": str(args.oracle).lower(), "XTALDIFF_MAX_NUM_SAMPLES": "100000"}
+           "XTALDIFF_ORACLE": str(args.oracle).lower(), "XTALDIFF_MAX_NUM_SAMPLES": "100000",
+           **(extra_env or {})}
     log = open(data_dir.parent / "service.log", "ab")
     spawn = dict(env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                  start_new_session=True)
