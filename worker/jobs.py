@@ -22,7 +22,7 @@ from worker.checkpoints import load_cached, local_checkpoint
 from worker.records import structure_record
 from worker.scoring import relax, score
 from xtaldiff import queries
-from xtaldiff.broker import send
+from xtaldiff.broker import send, waiting_messages
 from xtaldiff.design_params import DesignParams
 from xtaldiff.settings import Settings
 from xtaldiff.states import DESIGN_TASK, VALIDATE_CHECKPOINT_TASK, JobStatus
@@ -307,10 +307,15 @@ def requeue_lost_jobs(*, settings: Settings, sessions: sessionmaker[Session], ce
     A job sent twice is harmless: only one worker can claim it.
     """
     with sessions() as session:
-        job_ids = queries.lost_jobs(session, requeue_after_s=settings.requeue_after_s,
-                                    stale_after_s=settings.stale_after_s,
-                                    max_worker_losses=settings.max_worker_losses)
+        lost = queries.lost_jobs(session, requeue_after_s=settings.requeue_after_s,
+                                 stale_after_s=settings.stale_after_s,
+                                 max_worker_losses=settings.max_worker_losses)
         session.commit()
+    # Any message runs the fairest queued job, so queued jobs lack messages only when the broker
+    # holds fewer than there are queued jobs: a flood waiting its turn is not sent again.
+    held = waiting_messages(celery)
+    missing = len(lost.sent_long_ago) if held is None else max(0, lost.queued - held - len(lost.unsent))
+    job_ids = [*lost.unsent, *lost.sent_long_ago[:missing]]
     sent = []
     for job_id in job_ids:
         if send(celery, DESIGN_TASK, job_id):

@@ -85,6 +85,19 @@ def send(celery: Celery, task: str, argument: str) -> bool:
     return True
 
 
+def waiting_messages(celery: Celery, queue: str = GPU_QUEUE) -> int | None:
+    """Messages the broker holds for ``queue`` that no worker has taken yet; None when it
+    cannot say. kombu's virtual transports (Redis, the embedded mode's files) count them with
+    ``Channel._size``; a passive queue declaration would be the public way, but on Redis with a
+    key prefix it reports a queue holding messages as missing."""
+    try:
+        with celery.connection_for_write() as connection:
+            return int(connection.default_channel._size(queue))
+    except Exception:
+        log.warning("could not count the messages waiting in %s", queue, exc_info=True)
+        return None
+
+
 def broker_reachable(celery: Celery, *, timeout_s: float) -> str | None:
     """None when the broker answers, else the reason."""
     try:

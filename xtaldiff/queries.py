@@ -332,9 +332,21 @@ def request_cancel(session: Session, *, job: Job) -> JobStatus:
     return JobStatus(job.status)
 
 
+@dataclass(frozen=True)
+class LostJobs:
+    """What the sweep found: queued jobs with no message for sure (revived from a dead worker,
+    or never sent), queued ones last sent long ago (their message may be waiting its turn, or
+    lost), oldest first, and how many jobs are queued in all."""
+
+    unsent: list[str]
+    sent_long_ago: list[str]
+    queued: int
+
+
 def lost_jobs(session: Session, *, requeue_after_s: float, stale_after_s: float,
-              max_worker_losses: int) -> list[str]:
-    """Jobs to enqueue again: queued ones not (re)sent lately, running ones nobody beats for.
+              max_worker_losses: int) -> LostJobs:
+    """Jobs that may need a message again: queued ones not (re)sent lately, running ones
+    nobody beats for.
 
     A running job whose worker died goes back to queued here (or fails, the
     `max_worker_losses`-th time); its attempt counter keeps the dead worker, should it come
@@ -361,15 +373,18 @@ def lost_jobs(session: Session, *, requeue_after_s: float, stale_after_s: float,
                 worker_losses=Job.worker_losses + 1)
         .returning(Job.id)
     ).all()
-    cutoff = now - timedelta(seconds=requeue_after_s)
+    queued = (Job.status == JobStatus.queued,)
     # A job the API has just written may not be sent yet: leave it a moment.
-    unsent = Job.enqueued_at.is_(None) & (Job.created_at < now - timedelta(seconds=5))
-    ids = session.scalars(
-        select(Job.id).where(Job.status == JobStatus.queued,
-                             or_(unsent, Job.enqueued_at < cutoff))
+    unsent = session.scalars(
+        select(Job.id).where(*queued, Job.enqueued_at.is_(None), Job.created_at < now - timedelta(seconds=5))
         .order_by(Job.created_at)
     ).all()
-    return list(dict.fromkeys([*revived, *ids]))
+    sent_long_ago = session.scalars(
+        select(Job.id).where(*queued, Job.enqueued_at < now - timedelta(seconds=requeue_after_s))
+        .order_by(Job.created_at)
+    ).all()
+    return LostJobs(unsent=list(dict.fromkeys([*revived, *unsent])), sent_long_ago=list(sent_long_ago),
+                    queued=session.scalar(select(func.count()).select_from(Job).where(*queued)))
 
 
 def job_counts(session: Session) -> dict[str, int]:

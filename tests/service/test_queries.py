@@ -167,6 +167,33 @@ def test_sweep_requeues_dead_jobs_and_cancels_dead_cancelled_ones(sessions, sett
                              celery=create_celery(settings)) == []
 
 
+def test_the_sweep_resends_lost_messages_but_not_a_queue_waiting_its_turn(sessions, settings, checkpoint,
+                                                                         redis_prefix):
+    import redis
+
+    from tests.service.conftest import REDIS_URL
+    from xtaldiff.broker import send
+    from xtaldiff.states import DESIGN_TASK
+
+    celery = create_celery(settings)
+    waiting = []
+    for _ in range(4):
+        with sessions() as session:
+            job = queries.create_job(session, checkpoint=session.get(Checkpoint, checkpoint.sha256),
+                                     request={}, warnings=[], owner=None)
+            session.commit()
+        assert send(celery, DESIGN_TASK, job.id)
+        waiting.append(job.id)
+    with sessions() as session:  # sent long ago, still queued: the worker is busy elsewhere
+        session.execute(update(Job).values(enqueued_at=utcnow() - timedelta(seconds=600)))
+        session.commit()
+    assert requeue_lost_jobs(settings=settings, sessions=sessions, celery=celery) == []
+    client = redis.Redis.from_url(REDIS_URL)  # the broker loses its messages (a Redis restart)
+    client.delete(*client.scan_iter(f"{redis_prefix}gpu*"))
+    client.close()
+    assert requeue_lost_jobs(settings=settings, sessions=sessions, celery=celery) == waiting
+
+
 def test_database_allows_one_active_checkpoint_per_dataset(sessions, checkpoint, tmp_path):
     from tests.conftest import tiny_checkpoint_file
     from xtaldiff.serve import register_checkpoint
