@@ -19,6 +19,20 @@ def canonical_niggli_cell(structure: Structure) -> Structure:
                      np.mod(reduced.frac_coords, 1.0))
 
 
+def right_handed(structure: Structure) -> Structure:
+    """The same crystal on a right-handed basis (det L > 0). A generated lattice has either
+    handedness, and ASE's cell filters take a left-handed cell's stress the wrong way round:
+    relaxed with CHGNet such cells collapse or swell where the right-handed one converges.
+    Negating the first lattice vector and the first fractional coordinate keeps every
+    Cartesian position, so this is not the mirror image."""
+    matrix = structure.lattice.matrix
+    if np.linalg.det(matrix) > 0:
+        return structure
+    flip = np.array([-1.0, 1.0, 1.0])
+    return Structure(Lattice(matrix * flip[:, None]), structure.species, np.mod(structure.frac_coords * flip, 1.0),
+                     site_properties=structure.site_properties)
+
+
 def closest_pair(structure: Structure) -> tuple[float, int, int]:
     """(distance in A, i, j) of the closest two distinct sites, minimum image; inf for one site."""
     if len(structure) < 2:

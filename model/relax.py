@@ -95,7 +95,9 @@ def relax(structure: Structure, fmax: float = FMAX, max_steps: int = MAX_STEPS) 
     from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    atoms = AseAtomsAdaptor.get_atoms(structure)
+    from model.geometry import right_handed
+
+    atoms = AseAtomsAdaptor.get_atoms(right_handed(structure))
     n = len(atoms)
     volume = atoms.get_volume()
     unbounded = _volume_problem(volume, volume, n)

@@ -10,6 +10,7 @@ from pymatgen.core import Element, Lattice, Structure
 
 from model.checkpoint import TrainedModel
 from model.diffusion import reverse_diffusion
+from model.geometry import right_handed
 from model.network import DenoiserOutput
 from xtaldiff.checkpoint_file import MAX_ATOMS
 from xtaldiff.samplers import DEFAULT_SAMPLER, SAMPLERS
@@ -159,9 +160,9 @@ def design(
         lattice, frac, species = lattice.double().cpu(), frac.double().cpu(), species.cpu()
         for row, i in enumerate(index):
             k = counts[i]
-            results[i] = Structure(
+            results[i] = right_handed(Structure(
                 Lattice(lattice[row].numpy()),
                 [vocab[c] for c in species[row, :k].tolist()],
                 frac[row, :k].numpy(),
-            )
+            ))
     return [results[i] for i in range(n)]

@@ -6,6 +6,7 @@ import csv
 import gzip
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
@@ -49,6 +50,25 @@ def test_a_strained_structure_relaxes_and_its_energy_falls(small_mp20):
     assert result.energy_after < result.energy_before - 0.01
     assert result.relaxed.volume < strained.volume
     assert abs(result.relaxed.volume - small_mp20.volume) < abs(strained.volume - small_mp20.volume)
+
+
+def left_handed(structure: Structure) -> Structure:
+    """The same crystal on a left-handed basis, as half of all generated cells come out."""
+    flip = np.array([-1.0, 1.0, 1.0])
+    return Structure(Lattice(structure.lattice.matrix * flip[:, None]), structure.species,
+                     structure.frac_coords * flip)
+
+
+def test_a_left_handed_cell_relaxes_as_its_right_handed_twin(small_mp20):
+    strained = small_mp20.copy()
+    strained.apply_strain(0.06)
+    mirrored_basis = left_handed(strained)
+    assert np.linalg.det(mirrored_basis.lattice.matrix) < 0
+    assert np.allclose(mirrored_basis.cart_coords, strained.cart_coords)
+    right, left = relaxation.relax(strained), relaxation.relax(mirrored_basis)
+    assert left.error is None and left.converged
+    assert left.steps == right.steps and abs(left.energy_after - right.energy_after) < 1e-4
+    assert abs(left.relaxed.volume - right.relaxed.volume) < 1e-3
 
 
 def test_an_isolated_atom_is_reported_not_raised():

@@ -2,12 +2,14 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from pymatgen.core import Structure
 
 from model.checkpoint import load_model
 from model.diffusion import DiffusionConfig, Schedule, corrector_step, sampling_timesteps
+from model.geometry import right_handed
 from model.sampling import DesignError, design
 from xtaldiff.samplers import SAMPLERS
 
@@ -38,6 +40,21 @@ def test_structures_are_pymatgen_structures_with_requested_atoms(tiny_model):
         assert all(math.isfinite(x) for x in s.lattice.abc)
         assert abs(s.lattice.matrix).max() <= tiny_model.meta.lattice_bound + 1e-6
         assert ((s.frac_coords >= 0) & (s.frac_coords < 1)).all()
+
+
+def test_every_cell_comes_out_right_handed(tiny_model, monkeypatch):
+    import model.sampling
+
+    raw = []
+    monkeypatch.setattr(model.sampling, "right_handed", lambda s: raw.append(s) or right_handed(s))
+    structures = design(tiny_model, n=24, target=0.5, steps=5, seed=1)
+    assert any(np.linalg.det(s.lattice.matrix) < 0 for s in raw)  # the sampler makes both kinds
+    assert all(np.linalg.det(s.lattice.matrix) >= 0 for s in structures)  # an untrained model makes some flat
+    for before, after in zip(raw, structures, strict=True):
+        if after.volume > 1.0:  # the same atoms where they were, not a mirror image
+            shift = before.lattice.get_fractional_coords(after.cart_coords - before.cart_coords)
+            assert np.allclose(shift, shift.round(), atol=1e-6)
+            assert np.isclose(abs(np.linalg.det(before.lattice.matrix)), after.volume)
 
 
 def test_atom_counts_default_to_the_training_distribution(tiny_model):
