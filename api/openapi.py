@@ -23,5 +23,8 @@ def openapi_with_limits(app: FastAPI, settings: Settings) -> dict:
         _cap(fields["num_samples"], settings.max_num_samples)
         _cap(fields["steps"], settings.max_steps)
         _cap(fields["guidance"], settings.max_guidance)
+        request = schema["components"]["schemas"]["DesignRequest"]
+        request["description"] = (f"{request.get('description', '')} At most {settings.max_structure_steps} "
+                                  "structure-steps (num_samples x steps) per request.").strip()
         app.openapi_schema = schema
     return app.openapi_schema

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
         "delivered again: work that kills its worker must not be retried forever.",
     )
     max_steps: int = Field(5000, ge=1, description="Most reverse diffusion steps one job may ask.")
+    max_structure_steps: int = Field(
+        1_000_000, ge=1, description="Most sampling work one job may ask: num_samples x steps (by default "
+        "1000 structures at 1000 steps); past it POST /design answers 422.")
     max_guidance: float = Field(20.0, ge=0, description="Largest classifier-free guidance.")
     max_upload_bytes: int = Field(
         512 * 1024 * 1024, ge=1024, description="Largest checkpoint upload accepted."

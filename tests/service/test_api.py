@@ -247,15 +247,23 @@ def test_openapi_declares_this_servers_caps_on_a_design_request(settings, checkp
 
     from api.main import create_app
 
-    capped = settings.model_copy(update={"max_num_samples": 250, "max_steps": 400, "max_guidance": 3.0})
+    capped = settings.model_copy(update={"max_num_samples": 250, "max_steps": 400, "max_guidance": 3.0,
+                                         "max_structure_steps": 1000})
     with TestClient(create_app(capped)) as client:
-        fields = client.get("/openapi.json").json()["components"]["schemas"]["DesignRequest"]["properties"]
+        request = client.get("/openapi.json").json()["components"]["schemas"]["DesignRequest"]
+        assert "At most 1000 structure-steps (num_samples x steps)" in request["description"]
+        fields = request["properties"]
         assert fields["num_samples"]["maximum"] == 250
         assert [b.get("maximum") for b in fields["steps"]["anyOf"]] == [400, None]
         assert [b.get("maximum") for b in fields["guidance"]["anyOf"]] == [3.0, None]
         assert fields["sampler"]["anyOf"][0]["enum"] == ["rescaled", "paper"]
         refused = client.post("/design", json={"dataset": "perov_5", "target": 0.1, "num_samples": 251})
         assert refused.status_code == 422 and "at most 250" in refused.text
+        too_much = client.post("/design", json={"dataset": "perov_5", "target": 0.1, "num_samples": 51, "steps": 20})
+        assert too_much.status_code == 422
+        assert "51 structures x 20 steps is 1020 structure-steps; this server runs at most 1000" in too_much.text
+        assert client.post("/design", json={"dataset": "perov_5", "target": 0.1, "num_samples": 50,
+                                            "steps": 20}).status_code == 202
 
 
 def test_a_request_without_guidance_or_steps_runs_at_the_models_defaults(client, sessions, tmp_path):
