@@ -84,7 +84,8 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
         raise Unprocessable(
             f"{params.num_samples} structures x {params.steps} steps is {params.num_samples * params.steps} "
             f"structure-steps; this server runs at most {settings.max_structure_steps} per job: ask for fewer "
-            f"structures or fewer steps (model {checkpoint.name} defaults to {meta.default_steps}), or split the request"
+            f"structures or fewer steps (model {checkpoint.name} defaults to {meta.default_steps}), or split "
+            "the request"
         )
     return DesignPlan(checkpoint, params, warnings)
 
