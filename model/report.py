@@ -27,6 +27,7 @@ from model import metrics
 from model.oracle import Oracle, Prediction
 from xtaldiff.datasets import DATASET_NAMES, DATASETS, PUBLISHED
 from xtaldiff.samplers import DEFAULT_SAMPLER
+from xtaldiff.summary import distribution
 
 CONDITIONING_QUANTILES = (5, 27.5, 50, 72.5, 95)  # targets spread over the training range
 
@@ -143,21 +144,6 @@ def counted_values(validities: Sequence[metrics.Validity], predictions: Sequence
         prediction.value if validity.valid else None
         for validity, prediction in zip(validities, predictions, strict=True)
     ]
-
-
-def distribution(values: Sequence[float]) -> dict:
-    if not values:
-        return {"count": 0}
-    array = np.asarray(values)
-    quantiles = {str(q): float(np.percentile(array, q)) for q in (5, 25, 50, 75, 95)}
-    return {
-        "count": len(array),
-        "mean": float(array.mean()),
-        "std": float(array.std()),
-        "min": float(array.min()),
-        "max": float(array.max()),
-        "percentiles": quantiles,
-    }
 
 
 def plausible_range(training_values: np.ndarray) -> tuple[float, float]:
@@ -316,7 +302,8 @@ def run_evaluation(
             "nearest_candidates": metrics.MAX_CANDIDATES,
         },
         "sr5_successes": successes,
-        "predicted_distribution_of_valid": distribution(predicted),
+        "predicted_distribution_of_valid": distribution(predicted, (0.05, 0.25, 0.5, 0.75, 0.95))
+        if predicted else {"count": 0},
         "implausible_predictions": {
             "count": sum(not low <= v <= high for v in predicted),
             "plausible_range": [low, high],
@@ -515,7 +502,7 @@ def render_markdown(report: dict) -> str:
         lines.append(
             f"- Predicted {report['property']['name']} of valid samples: "
             f"mean {spread['mean']:.4g}, std {spread['std']:.3g}, min {spread['min']:.4g}, median "
-            f"{spread['percentiles']['50']:.4g}, max {spread['max']:.4g}."
+            f"{spread['quantiles']['0.5']:.4g}, max {spread['max']:.4g}."
         )
     implausible = report["implausible_predictions"]
     if implausible["count"]:

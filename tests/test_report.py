@@ -27,3 +27,17 @@ def test_success_rate_section_labels_every_variant():
 def test_grouped_variant_needs_ten_samples():
     section = success_rate_section([0.1, 0.2], "perov_5", np.linspace(0.0, 1.0, 11))
     assert "cdvae_grouped_best_of_10" not in section
+
+
+def test_the_one_distribution_matches_numpy_for_the_job_summary_and_the_report():
+    import numpy as np
+
+    from xtaldiff.summary import QUANTILES, distribution
+
+    values = [0.3, -1.2, 4.5, 2.2, 2.2, 9.0, -0.4]
+    for quantiles in (QUANTILES, (0.05, 0.25, 0.5, 0.75, 0.95)):
+        spread = distribution(values, quantiles)
+        assert spread["quantiles"] == pytest.approx({f"{q:g}": np.percentile(values, 100 * q) for q in quantiles})
+        assert (spread["count"], spread["min"], spread["max"]) == (7, -1.2, 9.0)
+        assert spread["std"] == pytest.approx(np.std(values)) and spread["mean"] == pytest.approx(np.mean(values))
+    assert distribution([1.5])["quantiles"]["0.9"] == 1.5

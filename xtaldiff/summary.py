@@ -1,4 +1,5 @@
-"""A job's summary: validity counts, hits at or below the target, predicted-value spread."""
+"""A job's summary: validity counts, hits at or below the target, predicted-value spread; and
+the spread of values itself, which `xtaldiff evaluate`'s report uses too."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import statistics
 from collections.abc import Iterable
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+STEP = 0.05  # every quantile asked for is a multiple of it
 
 
 def summarize(rows: Iterable[dict], *, target: float) -> dict:
@@ -24,24 +26,21 @@ def summarize(rows: Iterable[dict], *, target: float) -> dict:
         "num_valid": sum(1 for r in checked if r["valid_structure"] and r["valid_composition"]),
         "num_predicted": len(predicted),
         "num_at_or_below_target": sum(1 for v in predicted if v <= target),
-        "predicted": _distribution(predicted),
+        "predicted": distribution(predicted) if predicted else None,
     }
 
 
-def _distribution(values: list[float]) -> dict | None:
-    if not values:
-        return None
+def distribution(values: Iterable[float], quantiles: Iterable[float] = QUANTILES) -> dict:
+    """Count, mean, population std, extremes and quantiles (keyed "0.1", ...; linear
+    interpolation between order statistics, numpy's default) of a non-empty sample."""
+    values = list(values)
+    steps = round(1 / STEP)
+    cuts = statistics.quantiles(values, n=steps, method="inclusive") if len(values) > 1 else values * (steps - 1)
     return {
-        "min": values[0],
-        "max": values[-1],
+        "count": len(values),
         "mean": statistics.fmean(values),
-        "quantiles": {f"{q:g}": _quantile(values, q) for q in QUANTILES},
+        "std": statistics.pstdev(values),
+        "min": min(values),
+        "max": max(values),
+        "quantiles": {f"{q:g}": cuts[round(q / STEP) - 1] for q in quantiles},
     }
-
-
-def _quantile(sorted_values: list[float], q: float) -> float:
-    """Linear interpolation between order statistics (numpy's default)."""
-    position = q * (len(sorted_values) - 1)
-    low = int(position)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
