@@ -92,8 +92,11 @@ def test_worker_killed_mid_job_is_redelivered_and_finishes_once(tmp_path, tiny_c
         second = None
         try:
             first.wait_ready(sessions)
-            with TestClient(create_app(settings)) as client:
-                job_id = submit(client, num_samples=32, steps=40, seed=3)
+            with TestClient(create_app(settings)) as client, \
+                    long_running_model(sessions, tiny_checkpoint, tmp_path) as name:
+                # Long enough (about 20 s here) to be seen running however fast the machine:
+                # 32 x 40 steps ended in 1.4 s, before a poll saw it running.
+                job_id = submit(client, model=name, num_samples=32, steps=600, seed=3)
 
                 def progressing():
                     job = client.get(f"/jobs/{job_id}").json()
@@ -104,7 +107,7 @@ def test_worker_killed_mid_job_is_redelivered_and_finishes_once(tmp_path, tiny_c
                     killed = session.get(Job, job_id).worker
                 first.kill()
                 second = WorkerProcess(settings, tmp_path / "second.log")
-                job = wait_job(client, job_id, status="succeeded", timeout=180)
+                job = wait_job(client, job_id, status="succeeded", timeout=300)
             assert len(job["structures"]) == 32
             with sessions() as session:
                 rows = session.scalar(select(func.count()).select_from(StructureRow)
