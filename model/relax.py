@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from pymatgen.core import Structure
 
+from model.geometry import right_handed
+
 CHGNET_VERSION = "0.3.0"
 CHGNET_FILE = "chgnet_0.3.0_e29f68s314m37.pth.tar"
 FMAX = 0.1  # eV/A: forces (and stress, through the cell filter) below this count as relaxed
@@ -94,8 +96,6 @@ def relax(structure: Structure, fmax: float = FMAX, max_steps: int = MAX_STEPS) 
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
-
-    from model.geometry import right_handed
 
     atoms = AseAtomsAdaptor.get_atoms(right_handed(structure))
     n = len(atoms)
