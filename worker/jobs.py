@@ -93,7 +93,7 @@ class Heartbeat:
         try:
             with self.sessions() as session:
                 answer = queries.record_heartbeat(session, job_id=self.job_id, attempt=self.attempt,
-                                      done=self.done, total=self.total, phase=self.phase)
+                                                  done=self.done, total=self.total, phase=self.phase)
                 session.commit()
         except Exception:
             # A database blip must not kill the job; if it lasts, the job is taken over.
@@ -259,7 +259,7 @@ def validate_checkpoint(sha256: str, *, settings: Settings,
                         sessions: sessionmaker[Session]) -> str | None:
     """Load an uploaded checkpoint and sample from it; record ready, or rejected with why.
 
-    Returns the rejection reason (None: accepted).
+    Returns the rejection reason (None: accepted, or a redelivery of an upload no longer validating).
     """
     from model.checkpoint import CheckpointError
     from model.sampling import DesignError, design

@@ -52,7 +52,7 @@ class PropertyStats:
 
 @dataclass(frozen=True)
 class CheckpointMeta:
-    """A checked checkpoint header, typed: built only by `check_metadata`."""
+    """A checked checkpoint header, typed: built only by `parse_header`."""
 
     dataset: str
     conditioning: str

@@ -227,7 +227,8 @@ def claim_job(session: Session, *, job_id: str, worker: str, stale_after_s: floa
     abandoned = (Job.status == JobStatus.running) & (Job.heartbeat_at < now - timedelta(seconds=stale_after_s))
     mine = (Job.id == job_id, Job.attempt == job.attempt)
     given_up = session.execute(
-        update(Job).where(*mine, abandoned, Job.worker_losses + 1 >= max_worker_losses)
+        update(Job).where(*mine, abandoned, Job.cancel_requested.is_(False),
+                          Job.worker_losses + 1 >= max_worker_losses)
         .values(status=JobStatus.failed, attempt=job.attempt + 1, worker_losses=job.worker_losses + 1,
                 finished_at=now, error=worker_loss_error(job.worker_losses + 1))
         .execution_options(synchronize_session=False)
@@ -359,14 +360,12 @@ def lost_jobs(session: Session, *, requeue_after_s: float, stale_after_s: float,
         update(Job).where(*dead, Job.cancel_requested)
         .values(status=JobStatus.cancelled, attempt=Job.attempt + 1, finished_at=now)
     )
-    for losses in session.scalars(
-        select(Job.worker_losses + 1).where(*dead, Job.worker_losses + 1 >= max_worker_losses).distinct()
-    ).all():
-        session.execute(
-            update(Job).where(*dead, Job.worker_losses + 1 == losses)
-            .values(status=JobStatus.failed, attempt=Job.attempt + 1, worker_losses=losses,
-                    finished_at=now, error=worker_loss_error(losses))
-        )
+    # A job fails here when its worker_losses reach the maximum, so the count is that maximum.
+    session.execute(
+        update(Job).where(*dead, Job.worker_losses + 1 >= max_worker_losses)
+        .values(status=JobStatus.failed, attempt=Job.attempt + 1, worker_losses=Job.worker_losses + 1,
+                finished_at=now, error=worker_loss_error(max_worker_losses))
+    )
     revived = session.scalars(
         update(Job).where(*dead)
         .values(status=JobStatus.queued, attempt=Job.attempt + 1, enqueued_at=None,
