@@ -45,6 +45,8 @@ class EvaluationSettings:
     seed: int = 0
     batch_size: int = 128
     conditioning_n: int = 100  # samples for the conditioning error (0: skip)
+    systems: tuple[tuple[str, ...], ...] | None = None  # None: the dataset's design_systems
+    system_n: int = 100  # samples per chemical system for element-constrained design (0: skip)
     relax_n: int = 0  # SR5 successes (the first, by index) relaxed with CHGNet (0: skip)
     workers: int = 2
     samples: str | None = None  # drawn elsewhere (scripts/gpu_train.py): a CSV(.gz) with a JSON sidecar
@@ -204,7 +206,7 @@ def run_evaluation(
 ) -> tuple[dict, list[dict]]:
     """Sample, score and measure. Returns the report (JSON-ready) and one row per sample."""
     from model.checkpoint import load_model, weights_sha256
-    from model.sampling import design
+    from model.sampling import allowed_class_mask, design
 
     started = time.time()
     trained = load_model(settings.checkpoint, device=device)
@@ -214,12 +216,16 @@ def run_evaluation(
     target = float(training_values.min()) if settings.target is None else settings.target
     steps = settings.steps or trained.schedule.config.timesteps
     sampler = settings.sampler or DEFAULT_SAMPLER
+    systems = DATASETS[dataset].design_systems if settings.systems is None else settings.systems
+    for system in systems:  # refuse a system the model cannot design in before the long sampling
+        allowed_class_mask(trained, system)
 
-    def sample(n: int, targets: float | list[float], seed: int) -> list[Structure]:
+    def sample(n: int, targets: float | list[float], seed: int, elements: Sequence[str] | None = None) -> list[Structure]:
         return design(
             trained,
             n=n,
             target=targets,
+            elements=elements,
             guidance=settings.guidance,
             steps=steps,
             sampler=sampler,
@@ -273,6 +279,15 @@ def run_evaluation(
         )
     conditioning_s = time.time() - conditioning_started
 
+    constrained = None
+    constrained_started = time.time()
+    if settings.system_n > 0 and systems:
+        constrained = constrained_design_report(
+            systems, lambda system: sample(settings.system_n, target, settings.seed + 2, system), trained.meta.elements,
+            oracle, training, DATASETS[dataset].cdvae_thresholds[0], settings.workers,
+        )
+    constrained_s = time.time() - constrained_started
+
     predicted = [v for v in values if v is not None]
     unpredicted = [p for p in predictions if p.value is None]
     report = {
@@ -309,6 +324,7 @@ def run_evaluation(
             "plausible_range": [low, high],
         },
         "conditioning_error": conditioning,
+        "constrained_design": constrained,
         "relaxation": relaxation,
         "training_split_note": DATASETS[dataset].split_note,
         "provenance": {
@@ -326,6 +342,7 @@ def run_evaluation(
                 "validity_and_oracle": round(scoring_s, 1),
                 "uniqueness_and_novelty": round(metrics_s, 1),
                 "conditioning_error": round(conditioning_s, 1),
+                "constrained_design": round(constrained_s, 1),
                 "relaxation": round(relax_s, 1),
                 "total": round(time.time() - started, 1),
             },
@@ -390,6 +407,34 @@ def relaxation_report(successes: Sequence[Structure], oracle: Oracle, threshold:
         "median_steps": float(np.median([r.steps for r in results])) if results else None,
         "seconds_per_structure": seconds / count,
     }
+
+
+def constrained_design_report(systems, sample, vocabulary, oracle, training, threshold, workers) -> list[dict]:
+    """Design within each chemical system (at the report's target): how many samples are valid,
+    keep to the system's elements (the sampler's mask should make that all), use every one of
+    them, are novel, and reach SR5."""
+    rows = []
+    for system in systems:
+        structures = sample(system)
+        validities, predictions = score(structures, oracle, workers, progress=False)
+        values = counted_values(validities, predictions)
+        allowed = set(system)
+        present = [{element.symbol for element in structure.composition.elements} for structure in structures]
+        valid = [structure for structure, validity in zip(structures, validities, strict=True) if validity.valid]
+        predicted = [v for v in values if v is not None]
+        rows.append({
+            "system": "-".join(system),
+            "unknown_to_model": [element for element in system if element not in vocabulary],
+            "n": len(structures),
+            "valid": float(np.mean([v.valid for v in validities])),
+            "only_system_elements": float(np.mean([elements <= allowed for elements in present])),
+            "every_system_element": float(np.mean([elements == allowed for elements in present])),
+            "novel_of_valid": metrics.novelty(valid, training).fraction if valid else None,
+            "distinct_valid_formulas": len({structure.composition.reduced_formula for structure in valid}),
+            "sr5": float(np.mean([v is not None and v <= threshold for v in values])),
+            "median_predicted": float(np.median(predicted)) if predicted else None,
+        })
+    return rows
 
 
 def conditioning_report(settings, oracle, training_values, sample) -> dict:
@@ -529,6 +574,27 @@ def render_markdown(report: dict) -> str:
         for row in conditioning["by_target"]:
             lines.append(
                 f"| {row['target']:.4g} | {_cell(row['mean_absolute_error'])} | {row['predicted']} | {row['failed']} |"
+            )
+    constrained = report.get("constrained_design")
+    if constrained:
+        lines += [
+            "",
+            "## Design within chemical systems",
+            "",
+            f"{constrained[0]['n']} samples per system at the same target, the sampler restricted to the "
+            "system's elements.",
+            "",
+            "| system | valid | only its elements | all its elements | novel (of valid) | distinct valid formulas "
+            "| SR5 | median predicted |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in constrained:
+            unknown = f" (not in the model's vocabulary: {', '.join(row['unknown_to_model'])})" \
+                if row["unknown_to_model"] else ""
+            lines.append(
+                f"| {row['system']}{unknown} | {row['valid']:.2f} | {row['only_system_elements']:.2f} | "
+                f"{row['every_system_element']:.2f} | {_cell(row['novel_of_valid'])} | "
+                f"{row['distinct_valid_formulas']} | {row['sr5']:.2f} | {_cell(row['median_predicted'])} |"
             )
     provenance = report["provenance"]
     relaxed = report.get("relaxation")

@@ -92,7 +92,8 @@ def test_evaluate_bad_target_and_missing_checkpoint(tmp_path):
 def test_evaluate_writes_the_report(tiny_checkpoint, tmp_path):
     out = tmp_path / "report"
     result = run(
-        "evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "-n", "10", "--steps", "5", "--cond-n", "5"
+        "evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "-n", "10", "--steps", "5", "--cond-n", "5",
+        "--system", "Ba-Ti-O", "--system", "Sr-He-O", "--system-n", "6",
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
@@ -102,10 +103,25 @@ def test_evaluate_writes_the_report(tiny_checkpoint, tmp_path):
     assert all(0.0 <= rates[k] <= 1.0 for k in ("SR5", "SR10", "SR15"))
     assert report["provenance"]["checkpoint_sha256"] and report["provenance"]["sampling_steps"] == 5
     assert report["conditioning_error"]["samples_per_target"] == 1
+    systems = report["constrained_design"]
+    assert [row["system"] for row in systems] == ["Ba-Ti-O", "Sr-He-O"] and all(row["n"] == 6 for row in systems)
+    # An untrained model still obeys the element mask: every sample keeps to its system.
+    assert all(row["only_system_elements"] == 1.0 for row in systems)
+    assert systems[0]["unknown_to_model"] == [] and systems[1]["unknown_to_model"] == ["He"]
+    assert systems[1]["every_system_element"] == 0.0  # He cannot be sampled
     markdown = (out / "report.md").read_text()
     assert "paper, CDI" in markdown and "this checkpoint" in markdown
+    assert "Design within chemical systems" in markdown and "| Ba-Ti-O |" in markdown
     with gzip.open(out / "samples.csv.gz", "rt") as handle:
         assert len(list(csv.DictReader(handle))) == 10
+
+
+def test_evaluate_refuses_a_chemical_system_before_sampling(tiny_checkpoint, tmp_path):
+    not_elements = run("evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--system", "Li-Xx-O")
+    assert_one_line_error(not_elements, "--system must be distinct element symbols")
+    unknown = run("evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path), "--system", "He-Ne")
+    assert_one_line_error(unknown, "none of He, Ne is among")
+    assert not (tmp_path / "report.json").exists()
 
 
 def test_evaluate_scores_samples_drawn_elsewhere(tiny_checkpoint, tmp_path):
@@ -134,6 +150,7 @@ def test_evaluate_scores_samples_drawn_elsewhere(tiny_checkpoint, tmp_path):
     assert formulas == [s.composition.reduced_formula for s in structures]
     found = report["sr5_successes"]
     assert found["per_samples"] == 6 and 0 <= found["unique_and_novel"] <= found["unique"] <= found["count"] <= 6
+    assert report["constrained_design"] is None  # perov_5 names no default chemical systems
 
     other = tiny_checkpoint_file(tmp_path / "other.safetensors", seed=1)
     refused = run("evaluate", "--checkpoint", str(other), "--out", str(tmp_path / "x"), "--samples", str(samples))

@@ -165,6 +165,17 @@ def parse_target(text: str) -> float | None:
     return value
 
 
+def parse_system(text: str) -> tuple[str, ...]:
+    """'Li-Fe-P-O' -> ('Li', 'Fe', 'P', 'O'), every part an element symbol."""
+    from pymatgen.core import Element
+
+    elements = tuple(part.strip() for part in text.split("-"))
+    bad = [part for part in elements if not Element.is_valid_symbol(part)]
+    if bad or len(set(elements)) != len(elements):
+        raise _fail(f"--system must be distinct element symbols joined by '-' (e.g. Li-Fe-P-O), got {text!r}")
+    return elements
+
+
 def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="A .safetensors checkpoint.")],
     out: Annotated[Path, typer.Option(help="Folder for report.json, report.md, samples.")],
@@ -178,6 +189,12 @@ def evaluate(
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     cond_n: Annotated[int, typer.Option(min=0, help="Samples for the conditioning error (0: skip).")] = 100,
+    system: Annotated[
+        list[str] | None,
+        typer.Option(help="A chemical system to design within, elements joined by '-' (Li-Fe-P-O); repeatable "
+                     "[default: the dataset's, mp_20: Li-Fe-P-O, Na-Mn-O, Li-Co-O].")
+    ] = None,
+    system_n: Annotated[int, typer.Option(min=0, help="Samples per chemical system (0: skip).")] = 100,
     relax: Annotated[
         int, typer.Option(min=0, help="Relax this many SR5 successes with CHGNet and count how many survive (0: skip).")
     ] = 0,
@@ -190,6 +207,7 @@ def evaluate(
 ) -> None:
     """Sample a checkpoint, score it with the oracle and write the paper's Table 1 report."""
     target_value = parse_target(target)
+    systems = None if system is None else tuple(parse_system(text) for text in system)
     from model.report import SamplesError, read_samples_settings
 
     if samples is not None:
@@ -216,6 +234,8 @@ def evaluate(
         seed=seed,
         batch_size=batch_size,
         conditioning_n=cond_n,
+        systems=systems,
+        system_n=system_n,
         relax_n=relax,
         workers=workers,
         samples=None if samples is None else str(samples),

@@ -20,6 +20,8 @@ class Dataset:
     # CDVAE's hard-coded success thresholds (its 5th/10th/15th training percentiles), lower is better.
     cdvae_thresholds: tuple[float, float, float]
     split_note: str | None = None  # data/README.md: how our training split differs from the paper's
+    # Chemical systems `xtaldiff evaluate` designs within by default (element-constrained design).
+    design_systems: tuple[tuple[str, ...], ...] = ()
 
 
 REBUILT = "trained on a rebuilt split, about 60% as many structures as the paper's"
@@ -29,7 +31,8 @@ DATASETS: dict[str, Dataset] = {
     for d in (
         Dataset("perov_5", "heat_ref", "eV", 1e-6, "perovskite", (0.4392, 0.6120, 0.7365)),
         Dataset("carbon_24", "energy_per_atom", "eV/atom", 1e-5, "carbon", (-154.527, -154.459, -154.442), REBUILT),
-        Dataset("mp_20", "formation_energy_per_atom", "eV/atom", 5e-6, "mp20", (-3.1756, -2.8220, -2.5281), REBUILT),
+        Dataset("mp_20", "formation_energy_per_atom", "eV/atom", 5e-6, "mp20", (-3.1756, -2.8220, -2.5281), REBUILT,
+                design_systems=(("Li", "Fe", "P", "O"), ("Na", "Mn", "O"), ("Li", "Co", "O"))),
     )
 }
 DATASET_NAMES = tuple(DATASETS)
