@@ -5,7 +5,7 @@ One command for a lent GPU machine with no network (see scripts/gpu_run.sh for t
     python3 scripts/gpu_train.py --out OUT --minutes 6 \
         --run perov_5:cdi:400:1024 --run perov_5:cds:400:1024 --guidance 0,0.5,1,2
 
-Each --run is dataset:conditioning:epochs:batch_size, trained in its own process with
+Each --run is dataset:conditioning:epochs:batch_size[:per-block], trained in its own process with
 `--max-minutes`; checkpoints go to OUT/<dataset>_<cond>.safetensors (written every few epochs,
 so a command cut off at its limit still leaves one) with the training curve beside it
 (<name>.history.json: validation loss, LR and seconds per epoch against steps). The resume
@@ -32,22 +32,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def parse_run(text: str) -> tuple[str, str, int, int]:
+def parse_run(text: str) -> tuple[str, str, int, int, bool]:
+    """dataset:cond:epochs:batch_size, with a fifth field `per-block` for --pair-per-block."""
+    parts = text.split(":")
     try:
-        dataset, cond, epochs, batch = text.split(":")
-        return dataset, cond, int(epochs), int(batch)
+        if len(parts) not in (4, 5) or (len(parts) == 5 and parts[4] != "per-block"):
+            raise ValueError
+        return parts[0], parts[1], int(parts[2]), int(parts[3]), len(parts) == 5
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--run {text!r}: expected dataset:cond:epochs:batch_size") from None
+        raise argparse.ArgumentTypeError(
+            f"--run {text!r}: expected dataset:cond:epochs:batch_size[:per-block]") from None
 
 
 def train_one(run: tuple, out_dir: Path, state_dir: Path, minutes: float, lr: float, warmup: int,
               eval_every: int) -> None:
     from model.training import TrainConfig, train
 
-    dataset, cond, epochs, batch = run
+    dataset, cond, epochs, batch, per_block = run
     out = out_dir / f"{dataset}_{cond}.safetensors"
     config = TrainConfig(dataset=dataset, conditioning=cond, epochs=epochs, batch_size=batch, lr=lr,
-                         warmup_steps=warmup, eval_every=eval_every, max_minutes=minutes)
+                         warmup_steps=warmup, eval_every=eval_every, max_minutes=minutes,
+                         architecture={"pair_per_block": True} if per_block else {})
     record = train(config, out, resume=out.exists(), state_dir=state_dir, show_progress=False)
     (out_dir / f"{out.stem}.history.json").write_text(json.dumps(record["history"], indent=1))
     print(json.dumps({"run": out.stem, **{k: v for k, v in record.items() if k != "history"}}), flush=True)
@@ -108,7 +113,7 @@ def main() -> None:
         process.start()
     for process in trainers:
         process.join()
-    checkpoints = [args.out / f"{d}_{c}.safetensors" for d, c, _, _ in args.run] + args.checkpoint
+    checkpoints = [args.out / f"{run[0]}_{run[1]}.safetensors" for run in args.run] + args.checkpoint
     samplers = [
         context.Process(target=sample_checkpoint, args=(checkpoint, guidance, args))
         for checkpoint in checkpoints if checkpoint.exists()
