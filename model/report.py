@@ -220,7 +220,8 @@ def run_evaluation(
     for system in systems:  # refuse a system the model cannot design in before the long sampling
         allowed_class_mask(trained, system)
 
-    def sample(n: int, targets: float | list[float], seed: int, elements: Sequence[str] | None = None) -> list[Structure]:
+    def sample(n: int, targets: float | list[float], seed: int,
+               elements: Sequence[str] | None = None) -> list[Structure]:
         return design(
             trained,
             n=n,

@@ -92,8 +92,8 @@ def test_evaluate_bad_target_and_missing_checkpoint(tmp_path):
 def test_evaluate_writes_the_report(tiny_checkpoint, tmp_path):
     out = tmp_path / "report"
     result = run(
-        "evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "-n", "10", "--steps", "5", "--cond-n", "5",
-        "--system", "Ba-Ti-O", "--system", "Sr-He-O", "--system-n", "6",
+        "evaluate", "--checkpoint", str(tiny_checkpoint), "--out", str(out), "-n", "10", "--steps", "5",
+        "--cond-n", "5", "--system", "Ba-Ti-O", "--system", "Sr-He-O", "--system-n", "6",
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
