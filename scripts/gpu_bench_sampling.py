@@ -3,13 +3,14 @@
 
     python3 scripts/gpu_bench_sampling.py --out OUT --batch 1000,4000,10000 --steps 100 --full-steps 1000
 
-Atom counts are drawn from the dataset's training distribution and sorted, as `design()` does, so
-batches hold few distinct counts. Each mode samples the same structures:
-- eager: `reverse_diffusion` as the service runs it;
+Atom counts are drawn from the dataset's training distribution, sorted and cut into chunks of the
+batch size, as `design()` does on a GPU. Each mode samples the same structures:
+- eager: `reverse_diffusion` as the worker runs it;
 - tf32: eager with TF32 matmuls (CUDA only);
 - bf16: eager under bf16 autocast;
 - graph: the denoiser captured once per batch shape in a CUDA graph and replayed every call,
-  with TF32 (CUDA only): what the sampler would adopt if it pays.
+  with TF32 (CUDA only);
+- design: `model.sampling.design()` itself, as the worker runs it.
 Timings use --steps and are scaled to 1000 steps (the per-step cost does not depend on t); the
 best mode then runs --full-steps for real at the largest batch that fitted. Writes OUT/sampling.json
 and prints it. Weights are random unless --checkpoint is given: speed does not depend on them.
@@ -33,10 +34,10 @@ from model.checkpoint import TrainedModel, default_device, load_model, make_head
 from model.data import checkpoint_metadata, load_split  # noqa: E402
 from model.diffusion import DiffusionConfig, Schedule, reverse_diffusion  # noqa: E402
 from model.network import Denoiser, DenoiserConfig  # noqa: E402
-from model.sampling import guided_denoiser, sample_num_atoms  # noqa: E402
+from model.sampling import design, guided_denoiser, sample_num_atoms  # noqa: E402
 from xtaldiff.checkpoint_file import parse_header  # noqa: E402
 
-MODES = ("eager", "tf32", "bf16", "graph")
+MODES = ("eager", "tf32", "bf16", "graph", "design")
 
 
 def random_model(dataset: str, device: torch.device) -> TrainedModel:
@@ -95,6 +96,15 @@ def sample(model: TrainedModel, counts: list[int], batch: int, steps: int, mode:
     device = model.device
     cuda = device.type == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = mode in ("tf32", "graph")
+    if mode == "design":
+        if cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        design(model, n=len(counts), target=model.meta.property.min, num_atoms=counts, guidance=guidance,
+               steps=steps, batch_size=batch)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
     allowed = torch.ones(len(model.meta.elements), dtype=torch.bool, device=device)
     generator = torch.Generator(device=device).manual_seed(0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if mode == "bf16" else contextlib.nullcontext()
@@ -135,7 +145,7 @@ def main() -> None:
     batches = [int(b) for b in args.batch.split(",")]
     n = args.n or max(batches)
     counts = sorted(sample_num_atoms(model, n, torch.Generator().manual_seed(0)))
-    modes = [m for m in args.modes.split(",") if device.type == "cuda" or m in ("eager", "bf16")]
+    modes = [m for m in args.modes.split(",") if device.type == "cuda" or m in ("eager", "bf16", "design")]
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "dataset": model.meta.dataset, "n": n, "steps_timed": args.steps,
               "guidance": args.guidance, "runs": []}

@@ -10,7 +10,7 @@ from pymatgen.core import Structure
 from model.checkpoint import load_model
 from model.diffusion import DiffusionConfig, Schedule, corrector_step, sampling_timesteps
 from model.geometry import right_handed
-from model.sampling import DesignError, design
+from model.sampling import DesignError, design, plan_batches
 from xtaldiff.samplers import SAMPLERS
 
 
@@ -40,6 +40,28 @@ def test_structures_are_pymatgen_structures_with_requested_atoms(tiny_model):
         assert all(math.isfinite(x) for x in s.lattice.abc)
         assert abs(s.lattice.matrix).max() <= tiny_model.meta.lattice_bound + 1e-6
         assert ((s.frac_coords >= 0) & (s.frac_coords < 1)).all()
+
+
+def test_batches_hold_each_index_once_capped_and_by_count_when_asked():
+    counts = [4, 20, 4, 1, 20, 4, 4, 12, 1]
+    by_count = plan_batches(counts, batch_size=3, one_count_per_batch=True)
+    padded = plan_batches(counts, batch_size=3, one_count_per_batch=False)
+    for batches in (by_count, padded):
+        assert sorted(i for batch in batches for i in batch) == list(range(len(counts)))
+        assert max(len(b) for b in batches) <= 3
+    assert all(len({counts[i] for i in batch}) == 1 for batch in by_count)
+    assert [len(b) for b in by_count] == [2, 3, 1, 1, 2]  # four structures of 4 atoms need two batches
+    assert [[counts[i] for i in b] for b in padded] == [[1, 1, 4], [4, 4, 4], [12, 20, 20]]
+
+
+def test_mixed_atom_counts_do_not_depend_on_request_order(tiny_model):
+    """Batches follow the atom counts, not the order of the request, and each is as large as its count."""
+    mixed = design(tiny_model, n=3, target=0.4, num_atoms=[7, 2, 5], steps=6, seed=4, batch_size=8)
+    ordered = design(tiny_model, n=3, target=0.4, num_atoms=[2, 5, 7], steps=6, seed=4, batch_size=8)
+    assert [len(s) for s in mixed] == [7, 2, 5]
+    assert fingerprint(mixed) == fingerprint([ordered[2], ordered[0], ordered[1]])
+    # The smallest count is sampled first, alone: as if it had been the only structure asked for.
+    assert fingerprint(mixed[1:2]) == fingerprint(design(tiny_model, n=1, target=0.4, num_atoms=2, steps=6, seed=4))
 
 
 def test_every_cell_comes_out_right_handed(tiny_model, monkeypatch):
