@@ -113,6 +113,20 @@ def validity(structure: Structure) -> Validity:
     return Validity(structural is None, composition_valid, "; ".join(reasons) or None)
 
 
+SYMPREC = 0.1  # Angstrom: the tolerance the service finds space groups at (symmetrised CIFs)
+
+
+def space_group(structure: Structure, symprec: float = SYMPREC) -> tuple[str, int]:
+    """International symbol and number; P1 where spglib refuses the cell (overlapping atoms)."""
+    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    try:
+        analyzer = SpacegroupAnalyzer(structure, symprec=symprec)
+        return analyzer.get_space_group_symbol(), analyzer.get_space_group_number()
+    except Exception:  # spglib raises several types on degenerate cells
+        return "P1", 1
+
+
 def success_rates(values: Sequence[float | None], thresholds: Sequence[float]) -> list[float]:
     """Fraction of all structures whose value is at or below each threshold (None fails)."""
     if not values:

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,13 +90,18 @@ def read_samples_settings(path: Path) -> dict:
     return drawn
 
 
-def read_samples(path: Path, checkpoint_sha256: str) -> tuple[list[Structure], dict]:
-    """Structures drawn elsewhere and how they were drawn; refuses another checkpoint's samples."""
+def read_samples(path: Path, checkpoint_sha256: set[str], weights: str) -> tuple[list[Structure], dict]:
+    """Structures drawn elsewhere and how they were drawn; refuses another checkpoint's samples.
+
+    checkpoint_sha256: the file hashes the checkpoint has had (record-evaluation rewrites its
+    header after samples were drawn); weights: the hash of its tensors, which a sidecar that
+    names `weights_sha256` is matched against."""
     drawn = read_samples_settings(path)
-    if drawn.get("checkpoint_sha256") != checkpoint_sha256:
+    if drawn.get("weights_sha256", weights) != weights or (
+            "weights_sha256" not in drawn and drawn.get("checkpoint_sha256") not in checkpoint_sha256):
         raise SamplesError(
             f"{path} was drawn from checkpoint {str(drawn.get('checkpoint_sha256'))[:12]}..., "
-            f"not this one ({checkpoint_sha256[:12]}...)"
+            f"not this one ({weights[:12]}... in its weights)"
         )
     csv.field_size_limit(1 << 24)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -241,7 +247,8 @@ def run_evaluation(
         structures = sample(settings.n, target, settings.seed)
         sampling_s = time.time() - sampling_started
     else:
-        structures, drawn = read_samples(Path(settings.samples), trained.sha256)
+        file_hashes = {trained.sha256, trained.meta.metrics.get("evaluated_sha256")}
+        structures, drawn = read_samples(Path(settings.samples), file_hashes, weights_sha256(Path(settings.checkpoint)))
         if abs(drawn["target"] - target) > 1e-9:
             raise SamplesError(f"{settings.samples} was drawn for target {drawn['target']}, not {target}")
         sampling_s, sampled_on = drawn.get("sampling_s"), drawn.get("device", "unknown")
@@ -360,6 +367,7 @@ def sr5_successes(structures, values, validities, novel_of_valid: list[bool], th
     found = [structures[i] for i in chosen]
     unique = metrics.uniqueness(found)
     unique_ids = set(unique.first_match)
+    groups = Counter(f"{symbol} ({number})" for symbol, number in map(metrics.space_group, found))
     return {
         "count": len(chosen),
         "distinct_formulas": len({s.composition.reduced_formula for s in found}),
@@ -367,6 +375,8 @@ def sr5_successes(structures, values, validities, novel_of_valid: list[bool], th
         "novel": sum(novel_all[i] for i in chosen),
         "unique_and_novel": sum(novel_all[chosen[j]] for j in unique_ids),
         "per_samples": len(structures),
+        "space_groups": dict(groups.most_common()),
+        "space_group_symprec": metrics.SYMPREC,
     }
 
 
@@ -543,6 +553,12 @@ def render_markdown(report: dict) -> str:
             f"distinct formulas, {found['unique']} unique structures (StructureMatcher), {found['novel']} novel, "
             f"{found['unique_and_novel']} unique and novel."
         )
+        if found.get("space_groups"):
+            groups = list(found["space_groups"].items())
+            shown = ", ".join(f"{name} {count}" for name, count in groups[:10])
+            more = f", {len(groups) - 10} more" if len(groups) > 10 else ""
+            lines.append(f"- Space groups of the SR5 successes (spglib, symprec {found['space_group_symprec']} A): "
+                         f"{shown}{more}.")
     spread = report["predicted_distribution_of_valid"]
     if spread["count"]:
         lines.append(

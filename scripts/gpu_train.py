@@ -61,7 +61,7 @@ def train_one(run: tuple, out_dir: Path, state_dir: Path, minutes: float, lr: fl
 def sample_one(checkpoint: Path, guidance: float, n: int, steps: int | None, seed: int, out_dir: Path) -> None:
     import torch
 
-    from model.checkpoint import load_model
+    from model.checkpoint import load_model, weights_sha256
     from model.report import write_samples
     from model.sampling import design
     from xtaldiff.samplers import DEFAULT_SAMPLER
@@ -77,7 +77,8 @@ def sample_one(checkpoint: Path, guidance: float, n: int, steps: int | None, see
     seconds = time.time() - started
     name = f"{checkpoint.stem}_w{guidance:g}"
     write_samples(out_dir / f"{name}.csv.gz", structures, {
-        "checkpoint": checkpoint.name, "checkpoint_sha256": model.sha256, "seed": seed,
+        "checkpoint": checkpoint.name, "checkpoint_sha256": model.sha256,
+        "weights_sha256": weights_sha256(checkpoint), "seed": seed,
         "steps": steps, "sampler": DEFAULT_SAMPLER, "guidance": guidance, "target": target,
         "device": torch.cuda.get_device_name() if model.device.type == "cuda" else "cpu",
         "sampling_s": round(seconds, 1),

@@ -7,6 +7,7 @@ import gzip
 import io
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,28 @@ def test_evaluate_scores_samples_drawn_elsewhere(tiny_checkpoint, tmp_path):
     other = tiny_checkpoint_file(tmp_path / "other.safetensors", seed=1)
     refused = run("evaluate", "--checkpoint", str(other), "--out", str(tmp_path / "x"), "--samples", str(samples))
     assert_one_line_error(refused, "was drawn from checkpoint")
+
+    # A header rewrite (record-evaluation) changes the file's hash, not its weights.
+    from model.checkpoint import read_metadata, rewrite_metadata, weights_sha256
+
+    recorded = tmp_path / "recorded.safetensors"
+    shutil.copy(tiny_checkpoint, recorded)
+    meta = read_metadata(recorded).as_dict()
+    meta["training"]["note"] = "header rewritten"
+    rewrite_metadata(recorded, meta)
+    assert load_model(recorded, "cpu").sha256 != model.sha256
+    stale = run("evaluate", "--checkpoint", str(recorded), "--out", str(tmp_path / "y"), "--samples", str(samples))
+    assert_one_line_error(stale, "was drawn from checkpoint")  # a file hash alone cannot tell
+    by_weights = tmp_path / "drawn" / "tiny_w1_weights.csv.gz"
+    write_samples(by_weights, structures, {
+        "checkpoint_sha256": model.sha256, "weights_sha256": weights_sha256(tiny_checkpoint), "seed": 3, "steps": 4,
+        "guidance": 1.0, "target": target, "device": "elsewhere", "sampling_s": 1.5,
+    })
+    accepted = run("evaluate", "--checkpoint", str(recorded), "--out", str(tmp_path / "z"), "--samples",
+                   str(by_weights), "--cond-n", "0")
+    assert accepted.exit_code == 0, accepted.output
+    refused = run("evaluate", "--checkpoint", str(other), "--out", str(tmp_path / "x"), "--samples", str(by_weights))
+    assert_one_line_error(refused, "was drawn from checkpoint")
     missing = run("evaluate", "--checkpoint", str(other), "--out", str(tmp_path / "x"),
                   "--samples", str(tmp_path / "none.csv.gz"))
     assert_one_line_error(missing, "needs")
@@ -176,7 +199,22 @@ def test_sr5_successes_count_distinct_unique_and_novel():
         structures, [0.1, 0.2, 0.3, None], [valid, valid, valid, invalid], [True, True, False], threshold=0.25
     )
     assert found == {"count": 2, "distinct_formulas": 1, "unique": 1, "novel": 2, "unique_and_novel": 1,
-                     "per_samples": 4}
+                     "per_samples": 4, "space_groups": {"Pm-3m (221)": 2}, "space_group_symprec": 0.1}
+
+
+def test_space_group_is_found_at_the_service_tolerance_and_p1_for_a_degenerate_cell():
+    from pymatgen.core import Lattice, Structure
+
+    from model.metrics import space_group
+
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.2), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert space_group(rocksalt) == ("Fm-3m", 225)
+    shaken = rocksalt.copy()
+    shaken.translate_sites([0], [0.004, 0, 0])  # 0.017 A: within symprec 0.1, beyond 0.001
+    assert space_group(shaken) == ("Fm-3m", 225)
+    assert space_group(shaken, symprec=0.001)[1] < 225
+    overlapping = Structure(Lattice.cubic(4.0), ["C", "C"], [[0, 0, 0], [0, 0, 0]])
+    assert space_group(overlapping) == ("P1", 1)
 
 
 def fake_report(w: float, sr5: float, distinct: int, n: int = 1000, steps: int = 1000, valid: float = 1.0,

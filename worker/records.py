@@ -3,26 +3,17 @@ group, the oracle's prediction and validity flags."""
 
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger(__name__)
-SYMPREC = 0.1
-
 
 def structure_record(structure) -> dict:
     """Columns of one ``structures`` row (pymatgen Structure in)."""
     from pymatgen.io.cif import CifWriter
-    from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+    from model.metrics import SYMPREC, space_group
 
     lattice = structure.lattice
-    try:
-        analyzer = SpacegroupAnalyzer(structure, symprec=SYMPREC)
-        symbol, number = analyzer.get_space_group_symbol(), analyzer.get_space_group_number()
-        cif = str(CifWriter(structure, symprec=SYMPREC))
-    except Exception as err:
-        # spglib refuses degenerate cells (overlapping atoms): they are stored as P1.
-        log.info("no symmetry found for %s: %s", structure.composition.reduced_formula, err)
-        symbol, number, cif = "P1", 1, str(CifWriter(structure))
+    symbol, number = space_group(structure)
+    # spglib refuses degenerate cells (overlapping atoms): they are stored as P1.
+    cif = str(CifWriter(structure, symprec=SYMPREC)) if number > 1 else str(CifWriter(structure))
     return {
         "formula": structure.composition.formula,
         "reduced_formula": structure.composition.reduced_formula,
