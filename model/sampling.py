@@ -61,10 +61,11 @@ def plan_batches(counts: Sequence[int], batch_size: int, one_count_per_batch: bo
 
     A batch is padded to its largest structure and the denoiser's pair terms grow as N^2: on a
     CPU, where a call costs its arithmetic, batches of one count are faster (mp_20, 100
-    structures x 10 steps, one thread of a busy machine: 3.3-3.8 s against 4.9-5.0 s padded). On a GPU a batch-step costs
-    about 5 ms of launches whatever its size, so fewer, padded batches win there (H200, 10,000
-    mp_20 structures: 9,197 per minute padded in batches of 5,000, at most 4,635 by count even with
-    each batch replayed from a CUDA graph; scripts/gpu_bench_sampling.py)."""
+    structures x 10 steps, one thread of a busy machine: 3.3-3.8 s against 4.9-5.0 s padded).
+    On a GPU a batch-step costs about 5 ms of launches whatever its size, so fewer, padded
+    batches win there (H200, 10,000 mp_20 structures: 9,197 per minute padded in batches of
+    5,000, at most 4,635 by count even with each batch replayed from a CUDA graph;
+    scripts/gpu_bench_sampling.py)."""
     order = sorted(range(len(counts)), key=lambda i: counts[i])
     if not one_count_per_batch:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
