@@ -69,6 +69,16 @@ def weights_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def names_these_weights(record: dict, path: Path) -> bool:
+    """Whether a report's provenance or a samples sidecar names the weights of the checkpoint at
+    `path`: by the tensors' sha256 where it has one; else by the file's, which record-evaluation's
+    header rewrite changes (the header keeps the hash of the file that was evaluated)."""
+    if "weights_sha256" in record:
+        return record["weights_sha256"] == weights_sha256(path)
+    evaluated = read_metadata(path).metrics.get("evaluated_sha256")
+    return record.get("checkpoint_sha256") in {file_sha256(path), evaluated} - {None}
+
+
 def make_header(denoiser: Denoiser, schedule: Schedule, meta: dict) -> dict:
     """The JSON header of a checkpoint: `meta` (dataset facts, training record) and the configs."""
     return {

@@ -90,18 +90,14 @@ def read_samples_settings(path: Path) -> dict:
     return drawn
 
 
-def read_samples(path: Path, checkpoint_sha256: set[str], weights: str) -> tuple[list[Structure], dict]:
-    """Structures drawn elsewhere and how they were drawn; refuses another checkpoint's samples.
+def read_samples(path: Path, checkpoint: Path) -> tuple[list[Structure], dict]:
+    """Structures drawn elsewhere and how they were drawn; refuses another checkpoint's samples."""
+    from model.checkpoint import names_these_weights
 
-    checkpoint_sha256: the file hashes the checkpoint has had (record-evaluation rewrites its
-    header after samples were drawn); weights: the hash of its tensors, which a sidecar that
-    names `weights_sha256` is matched against."""
     drawn = read_samples_settings(path)
-    if drawn.get("weights_sha256", weights) != weights or (
-            "weights_sha256" not in drawn and drawn.get("checkpoint_sha256") not in checkpoint_sha256):
+    if not names_these_weights(drawn, checkpoint):
         raise SamplesError(
-            f"{path} was drawn from checkpoint {str(drawn.get('checkpoint_sha256'))[:12]}..., "
-            f"not this one ({weights[:12]}... in its weights)"
+            f"{path} was drawn from checkpoint {str(drawn.get('checkpoint_sha256'))[:12]}..., not {checkpoint}"
         )
     csv.field_size_limit(1 << 24)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -247,8 +243,7 @@ def run_evaluation(
         structures = sample(settings.n, target, settings.seed)
         sampling_s = time.time() - sampling_started
     else:
-        file_hashes = {trained.sha256, trained.meta.metrics.get("evaluated_sha256")}
-        structures, drawn = read_samples(Path(settings.samples), file_hashes, weights_sha256(Path(settings.checkpoint)))
+        structures, drawn = read_samples(Path(settings.samples), Path(settings.checkpoint))
         if abs(drawn["target"] - target) > 1e-9:
             raise SamplesError(f"{settings.samples} was drawn for target {drawn['target']}, not {target}")
         sampling_s, sampled_on = drawn.get("sampling_s"), drawn.get("device", "unknown")

@@ -202,6 +202,16 @@ def test_sr5_successes_count_distinct_unique_and_novel():
                      "per_samples": 4, "space_groups": {"Pm-3m (221)": 2}, "space_group_symprec": 0.1}
 
 
+def test_a_record_names_weights_by_tensor_hash_or_by_a_file_hash_the_checkpoint_had(tiny_checkpoint):
+    from model.checkpoint import file_sha256, names_these_weights, weights_sha256
+
+    assert names_these_weights({"weights_sha256": weights_sha256(tiny_checkpoint)}, tiny_checkpoint)
+    assert not names_these_weights({"weights_sha256": "0" * 64, "checkpoint_sha256": file_sha256(tiny_checkpoint)},
+                                   tiny_checkpoint)
+    assert names_these_weights({"checkpoint_sha256": file_sha256(tiny_checkpoint)}, tiny_checkpoint)
+    assert not names_these_weights({}, tiny_checkpoint)  # never evaluated: no hash matches a missing one
+
+
 def test_space_group_is_found_at_the_service_tolerance_and_p1_for_a_degenerate_cell():
     from pymatgen.core import Lattice, Structure
 

@@ -270,7 +270,14 @@ def record_evaluation(
     (GET /models shows them); prints the steps curve."""
     import json
 
-    from model.checkpoint import CheckpointError, file_sha256, read_metadata, rewrite_metadata, weights_sha256
+    from model.checkpoint import (
+        CheckpointError,
+        file_sha256,
+        names_these_weights,
+        read_metadata,
+        rewrite_metadata,
+        weights_sha256,
+    )
     from model.report import (
         choose_default_guidance,
         choose_default_steps,
@@ -284,9 +291,6 @@ def record_evaluation(
     except CheckpointError as error:
         raise _fail(str(error)) from None
     timesteps = checked.timesteps
-    # Reports name the weights; older ones only the file, whose hash a header rewrite changes.
-    weights = weights_sha256(checkpoint)
-    files = {file_sha256(checkpoint), checked.metrics.get("evaluated_sha256")}
     loaded, seen = [], {}
     for folder in reports:
         path = folder / "report.json" if folder.is_dir() else folder
@@ -299,8 +303,7 @@ def record_evaluation(
             raise _fail(f"{path} is not an `xtaldiff evaluate` report.json ({error})") from None
         if missing:
             raise _fail(f"{path} lacks {missing}: evaluate again with this version of xtaldiff")
-        if provenance.get("weights_sha256", weights) != weights or (
-                "weights_sha256" not in provenance and provenance["checkpoint_sha256"] not in files):
+        if not names_these_weights(provenance, checkpoint):
             raise _fail(f"{path} evaluated other weights than those of {checkpoint}")
         if key in seen:
             raise _fail(f"{path} and {seen[key]} both measure guidance {key[0]:g} at {key[1]} steps "
@@ -324,7 +327,8 @@ def record_evaluation(
     meta["sampling"]["default_steps"] = default_steps
     rewrite_metadata(checkpoint, meta)
     # The header changed, so the file's sha256 did: each report says which file it now backs.
-    backs = {"checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint), "weights_sha256": weights,
+    backs = {"checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint),
+             "weights_sha256": weights_sha256(checkpoint),
              "evaluated_sha256": meta["metrics"]["evaluated_sha256"],
              "note": "record-evaluation rewrote the header; the weights are the ones evaluated"}
     for folder in reports:
