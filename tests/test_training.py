@@ -91,6 +91,7 @@ def test_resume_without_state_warm_starts_from_the_checkpoint(tmp_path):
                    show_progress=False, log=lines.append)
     assert len(lines) == 1 and "warm-starting" in lines[0]
     assert record["epochs"] == 3 and record["warm_started_from"]["epochs"] == 1
+    assert record["warm_started_from"]["step"] == record["steps"] // 3
     assert read_metadata(out).training["warm_started_from"]["epochs"] == 1
     assert any(not torch.equal(first[k], v) for k, v in load_file(out).items())
 
@@ -109,6 +110,14 @@ def test_learning_rate_warms_up_then_decays_to_lr_min():
     assert all(a >= b for a, b in zip(rates[100:], rates[101:], strict=False))
     assert rates[550] == pytest.approx((1e-3 + 1e-5) / 2)
     assert learning_rate(1000, 1000, config) == pytest.approx(1e-5)
+
+
+def test_a_warm_start_ramps_the_learning_rate_up_again():
+    config = TrainConfig(dataset="perov_5", lr=1e-3, lr_min=1e-5, warmup_steps=100)
+    planned = learning_rate(400, 1000, config)
+    assert learning_rate(400, 1000, config, start_step=400) == pytest.approx(planned / 100)
+    assert learning_rate(449, 1000, config, start_step=400) == pytest.approx(learning_rate(449, 1000, config) / 2)
+    assert learning_rate(499, 1000, config, start_step=400) == pytest.approx(learning_rate(499, 1000, config))
 
 
 def test_ema_decay_starts_short_and_reaches_the_configured_decay():
