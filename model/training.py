@@ -136,8 +136,9 @@ def warm_start(path: Path, net, ema, dataset: str, vocab_z: list[int], steps_per
     net.load_state_dict(trained.denoiser.state_dict())
     ema.load_state_dict(trained.denoiser.state_dict())
     epochs = int(meta.training.get("epochs", 0))
-    return {"epochs": epochs, "steps": epochs * steps_per_epoch, "wall_time_s": 0.0, "history": [],
-            "warm_started_from": {"sha256": trained.sha256, "epochs": epochs, "step": epochs * steps_per_epoch}}
+    steps = epochs * steps_per_epoch
+    return {"epochs": epochs, "steps": steps, "wall_time_s": 0.0, "history": [],
+            "warm_started_from": {"sha256": trained.sha256, "epochs": epochs, "step": steps}}
 
 
 def train(
