@@ -228,16 +228,19 @@ def test_space_group_is_found_at_the_service_tolerance_and_p1_for_a_degenerate_c
 
 
 def fake_report(w: float, sr5: float, distinct: int, n: int = 1000, steps: int = 1000, valid: float = 1.0,
-                sampler: str = "rescaled") -> dict:
+                sampler: str = "rescaled", dataset: str = "perov_5", unique: int | None = None) -> dict:
     return {
-        "n": n, "success_rates": {"all_samples_cdvae_thresholds": {"SR5": sr5, "SR10": sr5, "SR15": sr5}},
-        "sr5_successes": {"distinct_formulas": distinct, "per_samples": n}, "validity": {"both": valid},
+        "dataset": dataset, "n": n,
+        "success_rates": {"all_samples_cdvae_thresholds": {"SR5": sr5, "SR10": sr5, "SR15": sr5}},
+        "sr5_successes": {"distinct_formulas": distinct, "unique": distinct if unique is None else unique,
+                          "per_samples": n},
+        "validity": {"both": valid},
         "provenance": {"settings": {"guidance": w}, "sampling_steps": steps, "sampler": sampler},
     }
 
 
 def test_default_guidance_is_the_best_sr5_that_keeps_200_distinct_formulas_per_1000():
-    from model.report import choose_default_guidance
+    from model.evaluation_record import choose_default_guidance
 
     sweep = [fake_report(0.0, 0.81, 351), fake_report(0.5, 0.93, 260), fake_report(1.0, 0.96, 190),
              fake_report(2.0, 0.99, 57)]
@@ -246,8 +249,23 @@ def test_default_guidance_is_the_best_sr5_that_keeps_200_distinct_formulas_per_1
     assert choose_default_guidance([fake_report(1.0, 0.9, 10)]) == 0.0
 
 
+def test_default_guidance_keeps_half_of_w0s_distinct_formulas_on_mp_20_and_unique_structures_on_carbon_24():
+    from model.evaluation_record import choose_default_guidance
+
+    mp_20 = [fake_report(0.0, 0.54, 528, dataset="mp_20"), fake_report(0.5, 0.56, 300, dataset="mp_20"),
+             fake_report(1.0, 0.60, 250, dataset="mp_20")]
+    assert choose_default_guidance(mp_20) == 0.5  # 250 < 528 / 2, though above perov_5's 200
+    # One formula, C: carbon's diversity is its distinct structures.
+    carbon = [fake_report(0.0, 0.34, 1, dataset="carbon_24", unique=4),
+              fake_report(0.5, 0.40, 1, dataset="carbon_24", unique=2),
+              fake_report(1.0, 0.45, 1, dataset="carbon_24", unique=1)]
+    assert choose_default_guidance(carbon) == 0.5
+    with pytest.raises(ValueError, match="w = 0 report"):
+        choose_default_guidance(carbon[1:])
+
+
 def test_default_steps_are_the_fewest_that_keep_sr5_and_validity_within_002_of_t():
-    from model.report import choose_default_steps
+    from model.evaluation_record import choose_default_steps
 
     curve = [fake_report(0.0, 0.89, 290), fake_report(0.0, 0.90, 300, steps=250),
              fake_report(0.0, 0.875, 300, steps=100, valid=0.985), fake_report(0.0, 0.80, 300, steps=50),

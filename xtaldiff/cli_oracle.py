@@ -263,7 +263,8 @@ def record_evaluation(
     default_guidance: Annotated[
         float | None,
         typer.Option(help="Guidance to run at when a request names none [default: the highest SR5 that keeps "
-                     "200 distinct SR5 formulas per 1000 samples]."),
+                     "the dataset's diversity floor: perov_5 200 distinct SR5 formulas per 1000 samples, mp_20 "
+                     "half of w = 0's distinct formulas, carbon_24 half of w = 0's unique structures]."),
     ] = None,
 ) -> None:
     """Store evaluation figures, the default guidance and the default steps in a checkpoint's header
@@ -278,7 +279,7 @@ def record_evaluation(
         rewrite_metadata,
         weights_sha256,
     )
-    from model.report import (
+    from model.evaluation_record import (
         choose_default_guidance,
         choose_default_steps,
         evaluation_record,
@@ -317,7 +318,10 @@ def record_evaluation(
         raise _fail(f"no report at T = {timesteps} steps (the paper's protocol): evaluate without --steps first")
     scales = sorted(r["provenance"]["settings"]["guidance"] for r in full)
     if default_guidance is None:
-        default_guidance = choose_default_guidance(full)
+        try:
+            default_guidance = choose_default_guidance(full)
+        except ValueError as error:
+            raise _fail(str(error)) from None
     if default_guidance not in scales:
         raise _fail(f"--default-guidance {default_guidance} has no report at {timesteps} steps; measured: {scales}")
     default_steps = choose_default_steps(loaded, default_guidance, timesteps)
@@ -336,6 +340,7 @@ def record_evaluation(
             json.dumps(backs, indent=2) + "\n")
     at = meta["metrics"]["at_default_guidance"]
     typer.echo(f"{checkpoint}: default guidance {default_guidance:g} (SR5 {at['SR5']:.3f}, "
-               f"{at['sr5_distinct_formulas']} distinct SR5 formulas in {meta['metrics']['n']} samples), "
+               f"{at['sr5_distinct_formulas']} distinct SR5 formulas, {at['sr5_unique']} unique structures in "
+               f"{meta['metrics']['n']} samples), "
                f"default steps {default_steps}")
     typer.echo(steps_curve_table(meta["metrics"]["steps_curve"]))

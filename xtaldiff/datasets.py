@@ -11,6 +11,17 @@ from enum import StrEnum
 
 
 @dataclass(frozen=True)
+class DiversityRule:
+    """What a default guidance must keep of its SR5 successes: `count` (a key of a report's
+    sr5_successes) at least `per_1000` per 1000 samples, or at least `of_w0` times the w = 0
+    report's."""
+
+    count: str
+    per_1000: float | None = None
+    of_w0: float | None = None
+
+
+@dataclass(frozen=True)
 class Dataset:
     name: str
     property_name: str  # the CSV column the models are conditioned on and the oracle predicts
@@ -22,6 +33,9 @@ class Dataset:
     split_note: str | None = None  # data/README.md: how our training split differs from the paper's
     # Chemical systems `xtaldiff evaluate` designs within by default (element-constrained design).
     design_systems: tuple[tuple[str, ...], ...] = ()
+    # The training issues' rule for the default guidance: guidance buys SR5 and costs diversity,
+    # counted as formulas where compositions vary and as structures for carbon.
+    default_guidance_keeps: DiversityRule = DiversityRule("distinct_formulas", per_1000=200)
 
 
 REBUILT = "trained on a rebuilt split, about 60% as many structures as the paper's"
@@ -30,9 +44,11 @@ DATASETS: dict[str, Dataset] = {
     d.name: d
     for d in (
         Dataset("perov_5", "heat_ref", "eV", 1e-6, "perovskite", (0.4392, 0.6120, 0.7365)),
-        Dataset("carbon_24", "energy_per_atom", "eV/atom", 1e-5, "carbon", (-154.527, -154.459, -154.442), REBUILT),
+        Dataset("carbon_24", "energy_per_atom", "eV/atom", 1e-5, "carbon", (-154.527, -154.459, -154.442), REBUILT,
+                default_guidance_keeps=DiversityRule("unique", of_w0=0.5)),
         Dataset("mp_20", "formation_energy_per_atom", "eV/atom", 5e-6, "mp20", (-3.1756, -2.8220, -2.5281), REBUILT,
-                design_systems=(("Li", "Fe", "P", "O"), ("Na", "Mn", "O"), ("Li", "Co", "O"))),
+                design_systems=(("Li", "Fe", "P", "O"), ("Na", "Mn", "O"), ("Li", "Co", "O")),
+                default_guidance_keeps=DiversityRule("distinct_formulas", of_w0=0.5)),
     )
 }
 DATASET_NAMES = tuple(DATASETS)

@@ -1,0 +1,126 @@
+"""What a checkpoint's header keeps of its evaluation reports, and the defaults chosen from them.
+
+`xtaldiff record-evaluation` reads the reports of one set of weights (a guidance sweep at T
+steps, a steps curve at the default guidance) and writes this record, the default guidance and
+the default steps into the header; the CLI and the service sample at those defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from xtaldiff.datasets import DATASETS
+from xtaldiff.samplers import DEFAULT_SAMPLER
+
+
+def diversity_per_1000(report: dict, count: str) -> float:
+    """A report's SR5 successes counted by `count` (a key of its sr5_successes), per 1000 samples."""
+    found = report["sr5_successes"]
+    return 1000 * found[count] / found["per_samples"]
+
+
+def choose_default_guidance(reports: Sequence[dict]) -> float:
+    """The guidance with the highest SR5 among those whose SR5 successes keep the dataset's
+    diversity floor (`Dataset.default_guidance_keeps`); 0 when none does.
+
+    ValueError when the floor is a fraction of the w = 0 model's and no report is at w = 0.
+    """
+    dataset = reports[0]["dataset"]
+    rule = DATASETS[dataset].default_guidance_keeps
+    floor = rule.per_1000
+    if floor is None:
+        at_w0 = [r for r in reports if r["provenance"]["settings"]["guidance"] == 0.0]
+        if not at_w0:
+            raise ValueError(f"{dataset}'s default guidance must keep {rule.of_w0:g} of the w = 0 model's "
+                             f"{rule.count.replace('_', ' ')} SR5 successes: give its w = 0 report too")
+        floor = rule.of_w0 * diversity_per_1000(at_w0[0], rule.count)
+    diverse = [r for r in reports if diversity_per_1000(r, rule.count) >= floor]
+    if not diverse:
+        return 0.0
+    best = max(diverse, key=lambda r: (r["success_rates"]["all_samples_cdvae_thresholds"]["SR5"],
+                                       -r["provenance"]["settings"]["guidance"]))
+    return float(best["provenance"]["settings"]["guidance"])
+
+
+STEPS_TOLERANCE = 0.02  # default steps keep SR5 and validity within this of T steps
+
+
+def report_sampler(report: dict, timesteps: int) -> str:
+    """The sampler a report ran; at T steps the samplers coincide, so they share one name."""
+    provenance = report["provenance"]
+    if provenance["sampling_steps"] == timesteps:
+        return DEFAULT_SAMPLER
+    return provenance.get("sampler", "paper")  # reports written before the option ran DiffCSP's sampler
+
+
+def choose_default_steps(reports: Sequence[dict], guidance: float, timesteps: int) -> int:
+    """The fewest steps at which the default sampler, at this guidance, keeps SR5 and validity
+    within STEPS_TOLERANCE of T steps, and so does every measured count above it (T when none does)."""
+    at = {r["provenance"]["sampling_steps"]: r for r in reports
+          if r["provenance"]["settings"]["guidance"] == guidance and report_sampler(r, timesteps) == DEFAULT_SAMPLER}
+    if timesteps not in at:
+        return timesteps
+
+    def quality(report: dict) -> tuple[float, float]:
+        return report["success_rates"]["all_samples_cdvae_thresholds"]["SR5"], report["validity"]["both"]
+
+    sr5_full, valid_full = quality(at[timesteps])
+    chosen = timesteps
+    for steps in sorted(at, reverse=True):
+        sr5, valid = quality(at[steps])
+        if sr5 < sr5_full - STEPS_TOLERANCE or valid < valid_full - STEPS_TOLERANCE:
+            break
+        chosen = steps
+    return chosen
+
+
+def evaluation_record(reports: Sequence[dict], default_guidance: float, default_steps: int, timesteps: int) -> dict:
+    """What a checkpoint's header keeps of its evaluation (GET /models shows it): the guidance
+    sweep at T steps, and the steps curve at the default guidance."""
+
+    def summary(report: dict) -> dict:
+        rates = report["success_rates"]["all_samples_cdvae_thresholds"]
+        found = report["sr5_successes"]
+        return {
+            "guidance": report["provenance"]["settings"]["guidance"],
+            **{k: round(v, 4) for k, v in rates.items()},
+            "validity": round(report["validity"]["both"], 4),
+            "sr5_distinct_formulas": found["distinct_formulas"],
+            "sr5_unique": found["unique"],
+            "sr5_unique_and_novel": found["unique_and_novel"],
+        }
+
+    full = {r["provenance"]["settings"]["guidance"]: r for r in reports
+            if r["provenance"]["sampling_steps"] == timesteps}
+    curve = [r for r in reports if r["provenance"]["settings"]["guidance"] == default_guidance]
+    curve.sort(key=lambda r: (-r["provenance"]["sampling_steps"], report_sampler(r, timesteps)))
+    first = full[default_guidance]
+    return {
+        "protocol": "SR at CDVAE's thresholds, target = training minimum, all samples",
+        "n": first["n"],
+        "seed": first["provenance"]["settings"]["seed"],
+        "steps": timesteps,
+        "evaluated_sha256": first["provenance"]["checkpoint_sha256"],
+        "default_guidance": default_guidance,
+        "default_steps": default_steps,
+        "at_w0": summary(full[0.0]) if 0.0 in full else None,
+        "at_default_guidance": summary(first),
+        "sweep": [summary(full[w]) for w in sorted(full)],
+        "steps_curve": [
+            {"steps": r["provenance"]["sampling_steps"], "sampler": report_sampler(r, timesteps), **summary(r),
+             "sampling_s": r["provenance"]["wall_time_s"]["sampling"], "device": r["provenance"]["device"]}
+            for r in curve
+        ],
+    }
+
+
+def steps_curve_table(curve: Sequence[dict]) -> str:
+    """The steps curve as a Markdown table, for the terminal and the README."""
+    lines = ["| steps | sampler | SR5 | SR10 | SR15 | valid | distinct SR5 formulas | unique SR5 structures "
+             "| sampling s (device) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in curve:
+        lines.append(f"| {row['steps']} | {row['sampler']} | {row['SR5']:.3f} | {row['SR10']:.3f} | "
+                     f"{row['SR15']:.3f} | {row['validity']:.3f} | {row['sr5_distinct_formulas']} | "
+                     f"{row['sr5_unique']} | {row['sampling_s']} ({row['device']}) |")
+    return "\n".join(lines)
