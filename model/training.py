@@ -21,6 +21,7 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -151,10 +152,13 @@ def train(
     data_root: Path = DATA_ROOT,
     show_progress: bool = True,
     log=print,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> dict:
     """Train (or resume) and keep `out` up to date; returns the training record.
 
     state_dir: where the resume state lives (None: beside `out`).
+    stop_requested: asked after every epoch; when it says yes, the run validates, writes the
+    checkpoint and its resume state, and returns, as at the end of --max-minutes.
     """
     out = Path(out)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -231,7 +235,8 @@ def train(
             terms.append(loss)
             record["steps"] += 1
         out_of_time = config.max_minutes is not None and time.time() - session_start > 60 * config.max_minutes
-        if (epoch + 1) % config.eval_every and epoch + 1 < config.epochs and not out_of_time:
+        stopping = out_of_time or stop_requested()
+        if (epoch + 1) % config.eval_every and epoch + 1 < config.epochs and not stopping:
             continue
         train_losses = mean_losses(terms)
         val_losses = validation_loss(ema, val_set, schedule, config.batch_size, config.by_atom_count, device)
@@ -264,6 +269,6 @@ def train(
         }, tmp)
         tmp.replace(path)
         terms, epochs_seen, window_start = [], [], time.time()
-        if out_of_time:
+        if stopping:
             break
     return record

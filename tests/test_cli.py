@@ -1,13 +1,18 @@
 """The `xtaldiff` command: a design run end to end, and one clear line for every bad argument."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from pymatgen.core import Composition
 from typer.testing import CliRunner
 
+from model.checkpoint import read_metadata
+from model.training import state_path
 from xtaldiff.cli import app
 
 runner = CliRunner()
@@ -76,3 +81,25 @@ def test_train_resume_errors_are_one_line(tmp_path, tiny_checkpoint):
     assert other_shape.returncode == 2 and "of another shape" in other_shape.stderr
     for result in (nothing, other_shape):
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_sigterm_ends_training_after_the_epoch_with_checkpoint_and_resume_state(tmp_path):
+    out, states = tmp_path / "run.safetensors", tmp_path / "states"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "xtaldiff", "train", "--dataset", "perov_5", "--epochs", "20", "--eval-every", "5",
+         "--blocks", "1", "--d-model", "32", "--freqs", "4", "--batch-size", "1024", "--out", str(out),
+         "--state-dir", str(states)],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    seen, deadline = b"", time.monotonic() + 120
+    while b"%|" not in seen:  # tqdm draws its bar once training began, after the handler is in place
+        assert time.monotonic() < deadline and run.poll() is None, seen.decode()
+        seen += os.read(run.stderr.fileno(), 4096)
+    run.send_signal(signal.SIGTERM)
+    stdout, stderr = run.communicate(timeout=300)
+    stderr = (seen + stderr).decode()
+    assert run.returncode == 0, stderr
+    assert "SIGTERM: stopping after this epoch" in stderr and "Traceback" not in stderr
+    assert json.loads(stdout)["epochs"] == 1
+    assert read_metadata(out).training["epochs"] == 1
+    assert state_path(out, states).exists()

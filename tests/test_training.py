@@ -72,6 +72,17 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
 
+def test_a_stop_request_ends_the_run_after_the_epoch_and_it_resumes(tmp_path):
+    out, states = tmp_path / "run.safetensors", tmp_path / "states"
+    asked = []
+    # eval_every 5: without the request, the first checkpoint would come at the end of the run.
+    config = TrainConfig(**TINY_RUN, epochs=3, eval_every=5)
+    record = train(config, out, state_dir=states, show_progress=False, stop_requested=lambda: not asked.append(1))
+    assert record["epochs"] == 1 and len(asked) == 1
+    assert read_metadata(out).training["epochs"] == 1 and state_path(out, states).exists()
+    assert train(config, out, resume=True, state_dir=states, show_progress=False)["epochs"] == 3
+
+
 def test_resume_refuses_a_different_run(tmp_path):
     out = tmp_path / "run.safetensors"
     train(TrainConfig(**TINY_RUN, epochs=1), out, show_progress=False)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -93,7 +95,10 @@ def train(
         bool, typer.Option(help="Give every block its own relative-position MLP instead of one shared.")
     ] = False,
 ) -> None:
-    """Train a conditional diffusion model; the checkpoint is rewritten after every epoch."""
+    """Train a conditional diffusion model; the checkpoint is rewritten every --eval-every epochs.
+
+    SIGTERM (a batch scheduler's notice) or Ctrl-C ends the run after the current epoch, with the
+    checkpoint and its resume state written; a second Ctrl-C stops at once."""
     from model.training import ResumeError, TrainConfig, default_state_dir
     from model.training import train as run_training
 
@@ -103,12 +108,25 @@ def train(
         warmup_steps=warmup_steps, eval_every=eval_every, seed=seed, max_minutes=max_minutes,
         architecture={"num_blocks": blocks, "d_model": d_model, "num_freqs": freqs, "pair_per_block": pair_per_block},
     )
+    stop = threading.Event()
+
+    def stop_after_epoch(signum: int, _frame) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        typer.echo(f"\n{signal.Signals(signum).name}: stopping after this epoch, once the checkpoint and its "
+                   "resume state are written (Ctrl-C again to stop now)", err=True)
+
+    handlers = {sig: signal.signal(sig, stop_after_epoch) for sig in (signal.SIGINT, signal.SIGTERM)}
     with user_errors():
         try:
             record = run_training(config, out, resume=resume, state_dir=state_dir or default_state_dir(),
-                                  log=lambda line: typer.echo(line, err=True))
+                                  log=lambda line: typer.echo(line, err=True), stop_requested=stop.is_set)
         except ResumeError as exc:
             raise fail(str(exc)) from None
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
     typer.echo(json.dumps({k: v for k, v in record.items() if k != "history"}, indent=2))
 
 
