@@ -146,12 +146,13 @@ def displacement(generated: Structure, relaxed: Structure) -> float | None:
 
 
 def relax_all(
-    structures: Sequence[Structure], progress: Callable[[int, int], None] | None = None
+    structures: Sequence[Structure], max_steps: int = MAX_STEPS,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Relaxation]:
     """Relax each structure in turn; progress(done, total) after each (raise from it to stop)."""
     results = []
     for structure in structures:
-        results.append(relax(structure))
+        results.append(relax(structure, max_steps=max_steps))
         if progress is not None:
             progress(len(results), len(structures))
     return results

@@ -52,6 +52,14 @@ def test_a_strained_structure_relaxes_and_its_energy_falls(small_mp20):
     assert abs(result.relaxed.volume - small_mp20.volume) < abs(strained.volume - small_mp20.volume)
 
 
+def test_relax_all_stops_each_relaxation_at_max_steps_unconverged(small_mp20):
+    strained = small_mp20.copy()
+    strained.apply_strain(0.06)
+    [capped] = relaxation.relax_all([strained], max_steps=2)
+    assert capped.error is None and not capped.converged and capped.steps == 2
+    assert capped.energy_after < capped.energy_before
+
+
 def left_handed(structure: Structure) -> Structure:
     """The same crystal on a left-handed basis, as half of all generated cells come out."""
     flip = np.array([-1.0, 1.0, 1.0])

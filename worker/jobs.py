@@ -179,7 +179,8 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
                 hb.phase = "relaxing"
                 with _timed(timings, "relax"):
                     relax(structures, rows, dataset=job.dataset, oracle=settings.oracle,
-                          oracle_workers=settings.oracle_workers, progress=hb.progress)
+                          oracle_workers=settings.oracle_workers,
+                          max_fire_steps=settings.relax_max_fire_steps, progress=hb.progress)
         except JobCancelled:
             return _end(sessions, job_id, attempt, JobStatus.cancelled, None, timings, started)
         except JobLost:

@@ -42,18 +42,18 @@ def predict(structures, rows: list[dict], *, dataset: str, oracle_workers: int) 
 
 
 def relax(structures, rows: list[dict], *, dataset: str, oracle: bool, oracle_workers: int,
-          progress) -> None:
+          max_fire_steps: int, progress) -> None:
     """Relax each structure with CHGNet (model.relax); its row gains the relaxed cell as a P1
     CIF and `relaxation`: CHGNet's energies, steps, convergence and displacement, with the
     validity and the oracle's prediction of the relaxed structure, and for a formation-energy
     dataset (mp_20) CHGNet's own formation energy. progress(done, total) after each structure:
-    where a cancelled job stops."""
+    where a cancelled job stops. A relaxation not converged after max_fire_steps is kept, marked so."""
     from pymatgen.io.cif import CifWriter
 
     from model.formation import FORMATION_DATASETS, elemental_references, formation_energy
     from model.relax import relax_all
 
-    results = relax_all(structures, progress=progress)
+    results = relax_all(structures, max_steps=max_fire_steps, progress=progress)
     references = elemental_references(dataset) if dataset in FORMATION_DATASETS else None
     relaxed = [result.relaxed for result in results if result.relaxed is not None]
     checked = [{} for _ in relaxed]

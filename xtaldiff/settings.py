@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     max_relax_samples: int = Field(
         100, ge=0, description="Most structures one job may ask to relax (CHGNet takes seconds per structure "
         "on a CPU); 0 turns relaxation off.")
+    relax_max_fire_steps: int = Field(
+        200, ge=1, description="FIRE steps after which a relaxation stops and is reported as not converged; "
+        "lower it to bound CHGNet's time per structure on a slow machine.")
     max_pending_jobs: int = Field(
         100, ge=1, description="Most queued or running jobs one API key may have (one caller "
         "address when keys are off); past it POST /design answers 429 with Retry-After.",
