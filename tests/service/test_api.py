@@ -410,13 +410,15 @@ def test_cancelling_while_relaxing_stops_between_structures(client, settings, se
     from xtaldiff.tables import Job
 
     job_id = submit(client, num_samples=5, seed=3, relax=True)
+    settings = settings.model_copy(update={"relax_max_fire_steps": 7})
     relaxed = []
 
     def heartbeat_at():
         with sessions() as session:
             return session.get(Job, job_id).heartbeat_at
 
-    def relax_and_cancel_at_the_second(structure):
+    def relax_and_cancel_at_the_second(structure, max_steps):
+        assert max_steps == 7  # the server's cap reaches each relaxation
         relaxed.append(structure)
         if len(relaxed) == 2:
             assert client.delete(f"/jobs/{job_id}").status_code == 202
