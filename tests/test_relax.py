@@ -60,6 +60,13 @@ def test_relax_all_stops_each_relaxation_at_max_steps_unconverged(small_mp20):
     assert capped.energy_after < capped.energy_before
 
 
+def test_the_service_caps_relaxations_where_the_cli_does_unless_told_otherwise():
+    """The settings module stays torch-free, so it repeats the cap instead of importing it."""
+    from xtaldiff.settings import Settings
+
+    assert Settings.model_fields["relax_max_fire_steps"].default == relaxation.MAX_STEPS
+
+
 def left_handed(structure: Structure) -> Structure:
     """The same crystal on a left-handed basis, as half of all generated cells come out."""
     flip = np.array([-1.0, 1.0, 1.0])
