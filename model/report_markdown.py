@@ -121,20 +121,25 @@ def render_markdown(report: dict) -> str:
             "",
             "## Design within chemical systems",
             "",
-            f"{constrained[0]['n']} samples per system at the same target, the sampler restricted to the "
-            "system's elements.",
+            f"{constrained[0]['n']} samples per system, the sampler restricted to the system's elements and "
+            "conditioned on the least property among the training structures made only of them (the "
+            "report's target where there are none); p5: those structures' 5th percentile.",
             "",
-            "| system | valid | only its elements | all its elements | novel (of valid) | distinct valid formulas "
-            "| SR5 | median predicted |",
-            "|---|---|---|---|---|---|---|---|",
+            "| system | target | training structures (min / p5) | valid | only its elements | all its elements "
+            "| novel (of valid) | distinct valid formulas | SR5 | at or below p5 | median predicted |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in constrained:
             unknown = f" (not in the model's vocabulary: {', '.join(row['unknown_to_model'])})" \
                 if row["unknown_to_model"] else ""
+            inside = row["training_in_system"]
+            reference = "none" if inside is None else \
+                f"{inside['count']} ({inside['minimum']:.4g} / {inside['p5']:.4g})"
             lines.append(
-                f"| {row['system']}{unknown} | {row['valid']:.2f} | {row['only_system_elements']:.2f} | "
-                f"{row['every_system_element']:.2f} | {_cell(row['novel_of_valid'])} | "
-                f"{row['distinct_valid_formulas']} | {row['sr5']:.2f} | {_cell(row['median_predicted'])} |"
+                f"| {row['system']}{unknown} | {row['target']:.4g} | {reference} | {row['valid']:.2f} | "
+                f"{row['only_system_elements']:.2f} | {row['every_system_element']:.2f} | "
+                f"{_cell(row['novel_of_valid'])} | {row['distinct_valid_formulas']} | {row['sr5']:.2f} | "
+                f"{_cell(row['at_or_below_system_p5'])} | {_cell(row['median_predicted'])} |"
             )
     provenance = report["provenance"]
     relaxed = report.get("relaxation")

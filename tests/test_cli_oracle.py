@@ -110,6 +110,16 @@ def test_evaluate_writes_the_report(tiny_checkpoint, tmp_path):
     assert all(row["only_system_elements"] == 1.0 for row in systems)
     assert systems[0]["unknown_to_model"] == [] and systems[1]["unknown_to_model"] == ["He"]
     assert systems[1]["every_system_element"] == 0.0  # He cannot be sampled
+    # Each system is conditioned on the least value among the training structures made only of its
+    # elements, or on the report's target when there are none.
+    from model.data import load_split
+
+    train = load_split("perov_5", "train")
+    for row, allowed in zip(systems, ({8, 22, 56}, {2, 8, 38}), strict=True):
+        inside = [value for i, value in enumerate(train.properties)
+                  if set(train.atomic_numbers[train.offsets[i]:train.offsets[i + 1]].tolist()) <= allowed]
+        assert row["target"] == pytest.approx(min(inside) if inside else report["target"])
+        assert (row["training_in_system"] is None) == (not inside)
     markdown = (out / "report.md").read_text()
     assert "paper, CDI" in markdown and "this checkpoint" in markdown
     assert "Design within chemical systems" in markdown and "| Ba-Ti-O |" in markdown

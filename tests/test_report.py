@@ -1,11 +1,13 @@
-"""The report's success-rate section: headline, variants and the plausibility flag."""
+"""The report's pure parts: the success-rate section, its variants, the plausibility flag, and
+the training reference of a chemical system."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from pymatgen.core import Lattice, Structure
 
-from model.report import plausible_range, success_rate_section
+from model.report import plausible_range, success_rate_section, system_reference
 from xtaldiff.datasets import DATASETS
 
 
@@ -41,3 +43,19 @@ def test_the_one_distribution_matches_numpy_for_the_job_summary_and_the_report()
         assert (spread["count"], spread["min"], spread["max"]) == (7, -1.2, 9.0)
         assert spread["std"] == pytest.approx(np.std(values)) and spread["mean"] == pytest.approx(np.mean(values))
     assert distribution([1.5])["quantiles"]["0.9"] == 1.5
+
+
+def test_a_system_is_measured_against_the_training_structures_made_only_of_its_elements():
+    cubic = Lattice.cubic(4.0)
+    training = [
+        Structure(cubic, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        Structure(cubic, ["Na"], [[0, 0, 0]]),
+        Structure(cubic, ["Li", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),  # Li is outside Na-Cl
+        Structure(cubic, ["Cl", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    ]
+    values = np.array([-2.0, 0.0, -3.0, 0.5])
+    reference = system_reference(training, values, ("Na", "Cl"))
+    assert reference["count"] == 3 and reference["minimum"] == -2.0
+    assert reference["p5"] == pytest.approx(np.percentile([-2.0, 0.0, 0.5], 5))
+    assert reference["median"] == 0.0
+    assert system_reference(training, values, ("K", "Br")) is None
