@@ -191,7 +191,8 @@ def evaluate(
     cond_n: Annotated[int, typer.Option(min=0, help="Samples for the conditioning error (0: skip).")] = 100,
     system: Annotated[
         list[str] | None,
-        typer.Option(help="A chemical system to design within, elements joined by '-' (Li-Fe-P-O); repeatable "
+        typer.Option(help="A chemical system to design within, elements joined by '-' (Li-Fe-P-O), conditioned "
+                     "on the least property among the training structures made only of its elements; repeatable "
                      "[default: the dataset's, mp_20: Li-Fe-P-O, Na-Mn-O, Li-Co-O].")
     ] = None,
     system_n: Annotated[int, typer.Option(min=0, help="Samples per chemical system (0: skip).")] = 100,
