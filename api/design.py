@@ -10,16 +10,24 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from api.errors import Unprocessable
-from api.schemas import MAX_SEED, DesignRequest
+from api.errors import NotFound, Unprocessable
+from api.schemas import MAX_SEED, DesignRequest, SystemOut
 from xtaldiff import queries
 from xtaldiff.checkpoint_file import PropertyStats
+from xtaldiff.datasets import dataset as dataset_info
 from xtaldiff.design_params import DesignParams
 from xtaldiff.elements import SYMBOLS
 from xtaldiff.samplers import DEFAULT_SAMPLER
 from xtaldiff.settings import Settings
 from xtaldiff.states import CheckpointStatus
 from xtaldiff.tables import Checkpoint
+from xtaldiff.training_systems import (
+    NoDefaultTarget,
+    TrainingDataMissing,
+    default_target,
+    target_note,
+    training_reference,
+)
 
 # A target more than this many training ranges beyond the range is refused: the condition
 # embedding never saw anything like it and the samples would be noise. Closer targets are
@@ -39,7 +47,9 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
     """Resolve the model and check every field; raises Unprocessable saying what to change."""
     checkpoint = _resolve_model(session, request=request)
     meta = checkpoint.meta
-    warnings = [*_check_target(request.target, meta.property)]
+    elements = _check_elements(request.elements, model=checkpoint.name, known=meta.elements)
+    target, warnings = _resolve_target(request.target, dataset=checkpoint.dataset, elements=elements,
+                                       prop=meta.property)
     if request.num_samples > settings.max_num_samples:
         raise Unprocessable(
             f"num_samples is {request.num_samples}; this server makes at most "
@@ -51,7 +61,6 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
             f"{settings.max_relax_samples} per job: ask for fewer, or relax the ones you keep yourself "
             "(`xtaldiff design --relax`)"
         )
-    elements = _check_elements(request.elements, model=checkpoint.name, known=meta.elements)
     max_atoms = meta.max_num_atoms
     if request.num_atoms is not None and request.num_atoms > max_atoms:
         raise Unprocessable(
@@ -71,7 +80,7 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
             f"guidance is {request.guidance}; at most {settings.max_guidance} is allowed"
         )
     params = DesignParams(
-        model=checkpoint.name, dataset=checkpoint.dataset, target=request.target,
+        model=checkpoint.name, dataset=checkpoint.dataset, target=target,
         num_samples=request.num_samples, num_atoms=request.num_atoms,
         elements=None if elements is None else tuple(elements),
         guidance=request.guidance if request.guidance is not None else meta.default_guidance,
@@ -116,6 +125,35 @@ def _resolve_model(session: Session, *, request: DesignRequest) -> Checkpoint:
             f"{', '.join(served) or 'none'}"
         )
     return checkpoint
+
+
+def system_out(session: Session, *, name: str, system: str) -> SystemOut:
+    """GET /models/{name}/systems/{system}: the training structures made only of its elements."""
+    checkpoint = queries.get_checkpoint(session, name=name)
+    if checkpoint is None or checkpoint.status != CheckpointStatus.ready:
+        raise NotFound(f"no ready model named {name!r}; GET /models lists them")
+    elements = _check_elements(system.split("-"), model=checkpoint.name, known=checkpoint.meta.elements)
+    try:
+        reference = training_reference(checkpoint.dataset, elements)
+    except TrainingDataMissing as error:
+        raise NotFound(str(error)) from None
+    info = dataset_info(checkpoint.dataset)
+    figures = {"count": 0, "minimum": None, "p5": None, "median": None} if reference is None else reference.as_json()
+    return SystemOut(model=checkpoint.name, dataset=checkpoint.dataset, elements=elements,
+                     property=info.property_name, unit=info.unit, **figures)
+
+
+def _resolve_target(target: float | None, *, dataset: str, elements: list[str] | None,
+                    prop: PropertyStats) -> tuple[float, list[str]]:
+    """The target to run at and the warnings about it: a request without one runs at the least value in training."""
+    if target is None:
+        try:
+            target, note = default_target(dataset, elements, prop.min)
+        except NoDefaultTarget as error:
+            raise Unprocessable(str(error)) from None
+        return target, [note, *_check_target(target, prop)]
+    note = target_note(dataset, elements, target)
+    return target, [*_check_target(target, prop), *([note] if note else [])]
 
 
 def _check_target(target: float, prop: PropertyStats) -> list[str]:

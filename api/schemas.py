@@ -39,11 +39,14 @@ class DesignRequest(BaseModel):
     dataset: Dataset | None = Field(
         None, description="Dataset whose active model to use, when `model` is not given.",
     )
-    target: float = Field(
-        allow_inf_nan=False, strict=True,
+    target: float | None = Field(
+        None, allow_inf_nan=False, strict=True,
         description="Target value of the model's property, in its unit (GET /models: "
         "perov_5 is heat of formation `heat_ref` in eV). Must be finite; values far outside "
-        "the training range are refused, values just outside it are accepted with a warning.",
+        "the training range are refused, values just outside it are accepted with a warning. "
+        "Omit to run at the least value in training: among the training structures made only of "
+        "`elements` when they are given (GET /models/{name}/systems/{system}), else the training "
+        "minimum; the job's warnings say which value ran.",
     )
     num_samples: int = Field(
         16, ge=1, strict=True, description="How many structures to generate (at most the server's limit, "
@@ -86,6 +89,21 @@ class DesignRequest(BaseModel):
         description="Random seed; omit for a random one (recorded in the job, so any job can "
         "be repeated).",
     )
+
+
+class SystemOut(BaseModel):
+    """The training structures made only of a chemical system's elements."""
+
+    model: str = Field(description="Checkpoint name.")
+    dataset: str = Field(description="Dataset whose training split was searched.")
+    elements: list[str] = Field(description="The system's elements, as asked.")
+    property: str = Field(description="Property the values are of.")
+    unit: str = Field(description="Its unit.")
+    count: int = Field(description="Training structures made only of these elements (0: none).")
+    minimum: float | None = Field(description="Their least value: what POST /design runs at when "
+                                  "`elements` are these and no `target` is given.")
+    p5: float | None = Field(description="Their 5th percentile (linear interpolation).")
+    median: float | None = Field(description="Their median.")
 
 
 class Link(BaseModel):

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xtaldiff.datasets import Dataset, dataset
+from xtaldiff.datasets import DATA_ROOT, Dataset, dataset
 
-DATA_ROOT = Path(__file__).resolve().parent.parent / "data"
 CACHE_VERSION = 1
 
 

@@ -30,6 +30,7 @@ from model.report_markdown import render_markdown
 from xtaldiff.datasets import DATASETS
 from xtaldiff.samplers import DEFAULT_SAMPLER
 from xtaldiff.summary import distribution
+from xtaldiff.training_systems import reference_of
 
 CONDITIONING_QUANTILES = (5, 27.5, 50, 72.5, 95)  # targets spread over the training range
 
@@ -419,13 +420,9 @@ def relaxation_report(successes: Sequence[Structure], oracle: Oracle, threshold:
 def system_reference(training: Sequence[Structure], training_values: np.ndarray, system: Sequence[str]) -> dict | None:
     """The training structures made only of the system's elements: how many, and their property's
     minimum, 5th percentile and median (None when there are none)."""
-    allowed = set(system)
-    inside = [value for structure, value in zip(training, training_values, strict=True)
-              if {element.symbol for element in structure.composition.elements} <= allowed]
-    if not inside:
-        return None
-    return {"count": len(inside), "minimum": float(np.min(inside)), "p5": float(np.percentile(inside, 5)),
-            "median": float(np.median(inside))}
+    element_sets = [frozenset(element.symbol for element in structure.composition.elements) for structure in training]
+    reference = reference_of(element_sets, map(float, training_values), system)
+    return None if reference is None else reference.as_json()
 
 
 def constrained_design_report(systems, sample, vocabulary, oracle, training, training_values, target, threshold,

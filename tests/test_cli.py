@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from model.checkpoint import read_metadata
 from model.training import state_path
 from xtaldiff.cli import app
+from xtaldiff.training_systems import training_reference
 
 runner = CliRunner()
 
@@ -34,6 +35,18 @@ def test_design_writes_cifs_and_summary(tiny_checkpoint, tmp_path):
         assert row["num_atoms"] == 5
 
 
+def test_design_without_a_target_runs_at_the_least_among_the_elements_training_structures(tiny_checkpoint, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "xtaldiff", "design", "--checkpoint", str(tiny_checkpoint), "-n", "2", "--steps", "5",
+         "--elements", "Sr,Ti,O", "--out", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    system = training_reference("perov_5", ["Sr", "Ti", "O"])
+    assert json.loads((tmp_path / "summary.json").read_text())["target"] == system.minimum
+    assert f"no target given: ran at {system.minimum:.4g} eV" in result.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -42,6 +55,7 @@ def test_design_writes_cifs_and_summary(tiny_checkpoint, tmp_path):
         (["--target", "0.1", "--elements", "Li,Qq"], "'Qq' is not an element symbol"),
         (["--target", "0.1", "--elements", "Pu,Am"], "none of Pu, Am is among"),
         (["--target", "0.1", "--steps", "100000"], "steps must be between"),
+        (["--elements", "Ba"], "give a target: no structure of perov_5's training split is made only of Ba"),
     ],
 )
 def test_bad_design_arguments_exit_with_one_line(tiny_checkpoint, tmp_path, args, message):

@@ -142,8 +142,12 @@ def parse_elements(text: str | None) -> list[str] | None:
 @app.command()
 def design(
     checkpoint: Annotated[Path, typer.Option(help="A .safetensors checkpoint.")],
-    target: Annotated[float, typer.Option(help="Target property value, in the model's unit.")],
     out: Annotated[Path, typer.Option(help="Folder for the CIFs and summary.json.")],
+    target: Annotated[
+        float | None,
+        typer.Option(help="Target property value, in the model's unit [default: the least in training, among the "
+                     "training structures made only of --elements when they are given]."),
+    ] = None,
     n: Annotated[int, typer.Option("-n", "--n", help="Number of structures.")] = 16,
     num_atoms: Annotated[int | None, typer.Option(help="Atoms per cell [default: drawn from training].")] = None,
     elements: Annotated[str | None, typer.Option(help="Allowed elements, e.g. Li,Fe,O.")] = None,
@@ -163,7 +167,7 @@ def design(
     ] = False,
 ) -> None:
     """Design crystal structures for a target property; writes one CIF per structure."""
-    if not math.isfinite(target):
+    if target is not None and not math.isfinite(target):
         raise fail(f"--target must be a finite number, got {target}")
     if n < 1:
         raise fail(f"-n must be at least 1, got {n}")
@@ -173,11 +177,24 @@ def design(
     from tqdm import tqdm
 
     from model.checkpoint import load_model
+    from model.sampling import allowed_class_mask
     from model.sampling import design as run_design
     from xtaldiff.samplers import DEFAULT_SAMPLER
+    from xtaldiff.training_systems import NoDefaultTarget, default_target, target_note
 
     with user_errors():
         trained = load_model(checkpoint)
+        allowed = parse_elements(elements)
+        allowed_class_mask(trained, allowed)  # bad symbols are refused before a default target is sought
+        if target is None:
+            try:
+                target, note = default_target(trained.dataset, allowed, trained.meta.property.min)
+            except NoDefaultTarget as error:
+                raise fail(str(error)) from None
+        else:
+            note = target_note(trained.dataset, allowed, target)
+        if note:
+            typer.echo(note, err=True)
         guidance = trained.meta.default_guidance if guidance is None else guidance
         steps = trained.meta.default_steps if steps is None else steps
         sampler = DEFAULT_SAMPLER if sampler is None else sampler
@@ -189,7 +206,7 @@ def design(
 
         started = time.time()
         structures = run_design(
-            trained, n=n, target=target, num_atoms=num_atoms, elements=parse_elements(elements),
+            trained, n=n, target=target, num_atoms=num_atoms, elements=allowed,
             guidance=guidance, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=progress,
         )
         bar.close()
@@ -219,7 +236,7 @@ def design(
     summary = {
         "checkpoint": str(checkpoint), "checkpoint_sha256": trained.sha256, "dataset": trained.dataset,
         "property": trained.meta.property.name, "unit": trained.meta.property.unit,
-        "target": target, "n": n, "num_atoms": num_atoms, "elements": parse_elements(elements),
+        "target": target, "n": n, "num_atoms": num_atoms, "elements": allowed,
         "guidance": guidance, "steps": steps, "sampler": sampler, "seed": seed,
         "device": str(trained.device), "wall_time_s": round(time.time() - started, 2), "structures": rows,
     }

@@ -111,15 +111,21 @@ class Client:
         """The models the server can run: dataset, conditioning, property and unit, metrics."""
         return self._request("GET", "/models").json()
 
-    def submit(self, *, target: float, dataset: str | None = None, model: str | None = None,
+    def submit(self, *, target: float | None = None, dataset: str | None = None, model: str | None = None,
                n: int = 16, num_atoms: int | None = None, elements: Sequence[str] | None = None,
                guidance: float | None = None, steps: int | None = None, sampler: str | None = None,
                relax: bool = False, seed: int | None = None) -> str:
-        """Queue a design job; returns its id. Fields left None take the server's defaults."""
+        """Queue a design job; returns its id. Fields left None take the server's defaults (target: the
+        least value in training, among the structures made only of `elements` when they are given)."""
         body = {"target": target, "dataset": dataset, "model": model, "num_samples": n,
                 "num_atoms": num_atoms, "elements": list(elements) if elements is not None else None,
                 "guidance": guidance, "steps": steps, "sampler": sampler, "relax": relax or None, "seed": seed}
         return self._request("POST", "/design", json={k: v for k, v in body.items() if v is not None}).json()["id"]
+
+    def system(self, model: str, elements: Sequence[str]) -> dict:
+        """The training structures of `model`'s dataset made only of `elements`: count, minimum, p5 and
+        median of the property (the minimum is the target a request with these elements and no target runs at)."""
+        return self._request("GET", f"/models/{model}/systems/{'-'.join(elements)}").json()
 
     def job(self, job_id: str) -> dict:
         """The job as GET /jobs/{id} returns it: status, progress, request as run, summary."""
@@ -195,7 +201,7 @@ class Client:
             )
         return found
 
-    def design(self, *, target: float, dataset: str | None = None, model: str | None = None, n: int = 16,
+    def design(self, *, target: float | None = None, dataset: str | None = None, model: str | None = None, n: int = 16,
                num_atoms: int | None = None, elements: Sequence[str] | None = None,
                guidance: float | None = None, steps: int | None = None, sampler: str | None = None,
                relax: bool = False, seed: int | None = None, timeout: float | None = None,

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
+
+# The benchmark sets' CSVs (data/README.md), beside the packages in a checkout and in the images.
+DATA_ROOT = Path(__file__).resolve().parent.parent / "data"
 
 
 @dataclass(frozen=True)

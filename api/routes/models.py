@@ -3,7 +3,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import OwnerDep, SessionDep
-from api.schemas import ModelOut
+from api.design import system_out
+from api.schemas import ModelOut, SystemOut
 from api.views import model_out
 from xtaldiff import queries
 
@@ -14,3 +15,13 @@ router = APIRouter(tags=["models"])
 def list_models(session: SessionDep, _owner: OwnerDep) -> list[ModelOut]:
     """Ready checkpoints: dataset, conditioning, property and its training range, metrics."""
     return [model_out(c) for c in queries.list_checkpoints(session, ready_only=True)]
+
+
+@router.get("/models/{name}/systems/{system}", response_model=SystemOut,
+            summary="The training structures of a chemical system")
+def get_system(name: str, system: str, session: SessionDep, _owner: OwnerDep) -> SystemOut:
+    """How many training structures of the model's dataset are made only of the elements of
+    `system` (symbols joined by "-", e.g. Li-Fe-P-O), and their property's least value, 5th
+    percentile and median: the least is what POST /design runs at for these `elements` and no
+    `target`."""
+    return system_out(session, name=name, system=system)

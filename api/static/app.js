@@ -31,6 +31,8 @@ const page = {
   models: [],
   model: null, // the model chosen in the form
   allowedElements: new Set(), // empty: every element of the model
+  automaticTarget: "", // the target the page chose itself; one the user typed or clicked is kept
+  systemMinimum: null, // the least property among the training structures of the allowed elements
   job: null, // the job shown: {id, timer, items, unit, target, sortKey, descending, selected}
   viewer: null, // the 3Dmol viewer, made when the first structure is shown
 };
@@ -150,8 +152,7 @@ function chooseModel(model) {
   $("property-name").textContent = prop.name;
   $("property-unit").textContent = prop.unit;
   if (changed || $("target").value === "") {
-    // The paper conditions on the training minimum; rounded up so it stays inside the range.
-    $("target").value = Math.ceil(prop.min * 1000) / 1000;
+    $("target").value = page.automaticTarget = roundedTarget(prop.min);
   }
   $("num-atoms").max = model.max_num_atoms;
   $("num-atoms").placeholder = `from training (1 to ${model.max_num_atoms})`;
@@ -206,7 +207,63 @@ function describeElements() {
     ? `Only ${chosen.join(", ")}.`
     : `Any of the model's ${page.model.elements.length} elements (pick some to restrict).`;
   $("elements-clear").hidden = chosen.length === 0;
+  describeSystem(chosen);
 }
+
+// The paper conditions on the training minimum; rounded up so that it stays inside the range.
+function roundedTarget(value) {
+  return String(Math.ceil(value * 1000) / 1000);
+}
+
+// Replaces the target only while it is one the page chose itself.
+function setAutomaticTarget(value) {
+  const current = $("target").value;
+  if (current !== "" && current !== page.automaticTarget) return;
+  $("target").value = page.automaticTarget = roundedTarget(value);
+  drawHistogram();
+}
+
+// A design within a few elements is conditioned, by default, on the least value among the
+// training structures made only of them: the dataset's minimum lies outside most systems.
+let systemLookup = 0; // only the answer to the latest choice of elements is shown
+async function describeSystem(chosen) {
+  const lookup = ++systemLookup;
+  page.systemMinimum = null;
+  $("system-target").hidden = true;
+  if (chosen.length === 0) {
+    $("system-info").hidden = true;
+    setAutomaticTarget(page.model.property.min);
+    return;
+  }
+  let text;
+  try {
+    const path = `/models/${encodeURIComponent(page.model.name)}/systems/${chosen.map(encodeURIComponent).join("-")}`;
+    const system = await (await api(path)).json();
+    if (lookup !== systemLookup) return;
+    if (system.count === 0) {
+      text = `No training structure is made only of ${chosen.join(", ")}: choose the target yourself.`;
+    } else {
+      const unit = system.unit;
+      text = `${system.count} training structure${system.count === 1 ? " is" : "s are"} made only of ` +
+        `${chosen.join(", ")}: least ${format(system.minimum)}, 5th percentile ${format(system.p5)}, ` +
+        `median ${format(system.median)} ${unit}.`;
+      page.systemMinimum = system.minimum;
+      $("system-target").hidden = false;
+      setAutomaticTarget(system.minimum);
+    }
+  } catch (error) {
+    if (lookup !== systemLookup) return;
+    text = `The training structures of ${chosen.join(", ")} could not be looked up (${error.message}).`;
+  }
+  $("system-text").textContent = text;
+  $("system-info").hidden = false;
+}
+
+$("system-target").addEventListener("click", () => {
+  if (page.systemMinimum === null) return;
+  $("target").value = roundedTarget(page.systemMinimum);
+  drawHistogram();
+});
 
 // The training distribution as a histogram drawn from its percentiles: between two known
 // percentiles lies a known share of the training set, so each bar's area is that share.
@@ -304,9 +361,9 @@ function optionalNumber(id) {
 
 $("design-form").addEventListener("submit", async (event) => {
   event.preventDefault();
-  const target = optionalNumber("target");
-  if (target === undefined || !Number.isFinite(target)) {
-    showFormError(`Give the target as a number, in ${page.model.property.unit}.`);
+  const target = optionalNumber("target"); // none: the server's default, the least in training
+  if (target !== undefined && !Number.isFinite(target)) {
+    showFormError(`Give the target as a number, in ${page.model.property.unit}, or leave it empty.`);
     return;
   }
   const body = {

@@ -13,6 +13,7 @@ import pytest
 from tests.service.conftest import parse_bundle_cifs, submit
 from worker.jobs import run_design
 from xtaldiff import queries
+from xtaldiff.training_systems import training_reference
 
 
 def run_inline(settings, sessions, job_id: str) -> None:
@@ -130,6 +131,38 @@ def test_target_just_outside_the_training_range_runs_with_a_warning(client, chec
     assert "below the lowest heat_ref" in response.json()["warnings"][0]
 
 
+def test_without_a_target_a_design_runs_at_the_least_value_in_training(client, checkpoint):
+    job = client.post("/design", json={"dataset": "perov_5"}).json()
+    assert job["request"]["target"] == checkpoint.meta.property.min
+    assert job["warnings"][0].startswith("no target given: ran at")
+
+
+def test_within_elements_the_default_target_is_the_least_among_their_training_structures(client, checkpoint):
+    system = training_reference("perov_5", ["Ba", "Ti", "O"])
+    job = client.post("/design", json={"dataset": "perov_5", "elements": ["Ba", "Ti", "O"]}).json()
+    assert job["request"]["target"] == system.minimum
+    assert f"among the {system.count} training structures made only of Ba, Ti, O" in job["warnings"][0]
+    # A target below all of them runs, with a warning that says what omitting it would do.
+    job = client.post("/design", json={"dataset": "perov_5", "elements": ["Ba", "Ti", "O"],
+                                       "target": system.minimum - 0.1}).json()
+    assert job["request"]["target"] == system.minimum - 0.1
+    assert any(f"omit target to run at {system.minimum:.4g}" in w for w in job["warnings"])
+
+
+def test_a_system_lists_its_training_structures(client, checkpoint):
+    system = client.get(f"/models/{checkpoint.name}/systems/Ba-Ti-O").json()
+    expected = training_reference("perov_5", ["Ba", "Ti", "O"])
+    assert system["elements"] == ["Ba", "Ti", "O"] and system["unit"] == "eV"
+    assert (system["count"], system["minimum"], system["median"]) == (expected.count, expected.minimum, expected.median)
+    assert system["minimum"] <= system["p5"] <= system["median"]
+    empty = client.get(f"/models/{checkpoint.name}/systems/Ba").json()
+    assert empty["count"] == 0 and empty["minimum"] is None
+    response = client.get(f"/models/{checkpoint.name}/systems/Ba-Xx")
+    assert response.status_code == 422 and "'Xx' not chemical" in response.json()["detail"]
+    response = client.get("/models/nope/systems/Ba-Ti-O")
+    assert response.status_code == 404 and "no ready model named 'nope'" in response.json()["detail"]
+
+
 def test_metrics_exports_request_counts_and_jobs_per_status(client, checkpoint):
     submit(client)
     client.get("/jobs/nope")
@@ -159,7 +192,7 @@ BAD_DESIGNS = [
     ({"dataset": "mp_20", "target": 1.0}, 422, "no model serves dataset mp_20"),
     ({"dataset": "perov_6", "target": 1.0}, 422, "dataset: Input should be"),
     ({"target": 1.0}, 422, "give `model`"),
-    ({"dataset": "perov_5"}, 422, "target: Field required"),
+    ({"dataset": "perov_5", "elements": ["Ba"]}, 422, "give a target: no structure of perov_5's training split"),
     ({"dataset": "perov_5", "target": "high"}, 422, "target: Input should be a valid number"),
     ({"dataset": "perov_5", "target": 1e9}, 422, "far outside"),
     ({"dataset": "perov_5", "target": 1.0, "num_samples": 0}, 422, "num_samples: Input should "

@@ -70,6 +70,16 @@ def test_design_returns_structures_with_their_properties(api, tmp_path):
     assert "summary.json" in zipfile.ZipFile(bundle).namelist()
 
 
+def test_a_system_and_a_design_within_it_without_a_target(api):
+    model = api.models()[0]["name"]
+    system = api.system(model, ["Ba", "Ti", "O"])
+    assert system["count"] > 0 and system["elements"] == ["Ba", "Ti", "O"]
+    job = api.job(api.submit(model=model, elements=["Ba", "Ti", "O"], n=1, steps=5))
+    assert job["request"]["target"] == system["minimum"]
+    with pytest.raises(RequestRefused, match="never saw Pu"):
+        api.system(model, ["Ba", "Pu"])
+
+
 def test_refusals_carry_the_servers_explanation(api):
     with pytest.raises(RequestRefused, match="far outside") as refused:
         api.submit(dataset="perov_5", target=1e9)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import pytest
 
 from tests.service.conftest import EmbeddedServer
 from xtaldiff.settings import REPO_ROOT
+from xtaldiff.training_systems import training_reference
 
 API_KEY = "page-test-key-0123456789"
 CHROMIUM = shutil.which("chromium")
@@ -162,6 +164,32 @@ def canvas_ink(page) -> tuple[float, bytes]:
 
 
 @needs_browser
+def test_choosing_elements_moves_the_default_target_to_the_least_in_their_system(open_page):
+    from playwright.sync_api import expect
+
+    page = open_page()
+    enter_key(page, API_KEY)
+    expect(page.locator("#design-panel")).to_be_visible()
+    dataset_minimum = page.input_value("#target")
+    for symbol in ("Ba", "Ti", "O"):
+        page.click(f"#periodic-table [data-symbol={symbol}]")
+    system = training_reference("perov_5", ["Ba", "Ti", "O"])
+    expect(page.locator("#system-text")).to_contain_text(
+        f"{system.count} training structures are made only of Ba, Ti, O: least {system.minimum:.3f}")
+    expect(page.locator("#target")).to_have_value(str(math.ceil(system.minimum * 1000) / 1000))
+    page.click("#periodic-table [data-symbol=Ti]")
+    barium_oxides = training_reference("perov_5", ["Ba", "O"])
+    expect(page.locator("#target")).to_have_value(str(math.ceil(barium_oxides.minimum * 1000) / 1000))
+    page.click("#periodic-table [data-symbol=O]")
+    assert training_reference("perov_5", ["Ba"]) is None
+    expect(page.locator("#system-text")).to_contain_text("No training structure is made only of Ba")
+    expect(page.locator("#target")).to_have_value(str(math.ceil(barium_oxides.minimum * 1000) / 1000))
+    page.click("#elements-clear")
+    expect(page.locator("#target")).to_have_value(dataset_minimum)
+    expect(page.locator("#system-info")).to_be_hidden()
+
+
+@needs_browser
 def test_a_design_job_from_form_to_table_viewer_and_downloads(open_page, tmp_path):
     from playwright.sync_api import expect
 
@@ -187,6 +215,8 @@ def test_a_design_job_from_form_to_table_viewer_and_downloads(open_page, tmp_pat
     for symbol in ("Ba", "Ti", "O"):
         page.click(f"#periodic-table [data-symbol={symbol}]")
     expect(page.locator("#elements-summary")).to_have_text("Only Ba, Ti, O.")
+    expect(page.locator("#system-text")).to_contain_text("training structures are made only of Ba, Ti, O")
+    expect(page.locator("#target")).to_have_value(str(threshold))  # chosen by the user: kept
     page.fill("#num-samples", "3")
     page.fill("#steps", "5")
     page.fill("#seed", "7")
