@@ -15,7 +15,8 @@ from xtaldiff.tables import Job, StructureRow
 CSV_COLUMNS = (
     "index", "formula", "full_formula", "num_atoms", "space_group", "space_group_number",
     "predicted_property", "prediction_note", "valid", "valid_structure", "valid_composition",
-    "invalid_reason", "a", "b", "c", "alpha", "beta", "gamma", "volume", "cif", "cif_p1",
+    "invalid_reason", "novel", "known_as_material_id", "known_as_split",
+    "a", "b", "c", "alpha", "beta", "gamma", "volume", "cif", "cif_p1",
     "relaxed_energy_before_ev_per_atom", "relaxed_energy_after_ev_per_atom", "relax_steps", "relax_converged",
     "relax_rms_displacement", "relaxed_predicted_property", "relaxed_valid", "relax_error", "cif_relaxed",
 )
@@ -52,7 +53,8 @@ def _csv(structures: Sequence[StructureRow]) -> str:
         writer.writerow([
             s.index, brief.formula, s.formula, s.num_atoms, s.space_group_symbol,
             s.space_group_number, s.predicted_property, s.prediction_note, brief.valid,
-            s.valid_structure, s.valid_composition, s.invalid_reason, s.a, s.b, s.c, s.alpha,
+            s.valid_structure, s.valid_composition, s.invalid_reason, s.novel,
+            *[(s.known_as or {}).get(key) for key in ("material_id", "split")], s.a, s.b, s.c, s.alpha,
             s.beta, s.gamma, s.volume, f"cif/{cif_name(s)}", f"cif_p1/{cif_name(s, cell='p1')}",
             *[(s.relaxation or {}).get(key) for key in RELAXATION_KEYS],
             f"cif_relaxed/{cif_name(s, cell='relaxed')}" if s.relaxed_cif is not None else None,

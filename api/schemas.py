@@ -153,7 +153,15 @@ class Summary(BaseModel):
     num_valid: int = Field(description="Structurally and compositionally valid structures.")
     num_predicted: int = Field(description="Structures the oracle gave a prediction for.")
     num_at_or_below_target: int = Field(description="Predictions at or below the target.")
+    num_novel: int | None = Field(None, description="Valid structures that match no structure of the dataset "
+                                  "(None: a job from before this was checked).")
+    num_known: int | None = Field(None, description="Valid structures that match one (`known_as`).")
     predicted: Distribution | None = Field(description="Spread of the predicted values.")
+
+
+class KnownAs(BaseModel):
+    material_id: str = Field(description="Its id in the dataset (mp_20: a Materials Project id).")
+    split: str = Field(description="The dataset split it is in: train, val or test.")
 
 
 class StructureBrief(BaseModel):
@@ -165,6 +173,9 @@ class StructureBrief(BaseModel):
         description="The oracle's prediction of the model's property (None: not predicted)."
     )
     valid: bool | None = Field(description="Structure and composition valid (None: unchecked).")
+    novel: bool | None = Field(description="Matches no structure of the model's dataset, in any split "
+                               "(StructureMatcher; None: not checked, as for a structurally invalid one).")
+    known_as: KnownAs | None = Field(description="The dataset structure it matches, when it is a known one.")
     links: dict[str, Link] = Field(description="`self` (JSON), `cif`, `cif_p1`, and `cif_relaxed` when relaxed.")
 
 

@@ -188,7 +188,7 @@ HISTOGRAM_WIDTH = 0.05  # Gaussian smearing, same unit
 
 
 @dataclass
-class _Reduced:
+class MatchingForm:
     """A structure in StructureMatcher's reduced cell, with its group key and histogram."""
 
     cell: Structure
@@ -196,7 +196,7 @@ class _Reduced:
     histogram: np.ndarray  # (HISTOGRAM_BINS,)
 
 
-def _reduce(structure: Structure) -> _Reduced:
+def matching_form(structure: Structure) -> MatchingForm:
     try:
         cell = structure.get_reduced_structure("niggli").get_primitive_structure()
     except Exception:  # pymatgen's reductions can fail on degenerate cells; match as given
@@ -207,7 +207,7 @@ def _reduce(structure: Structure) -> _Reduced:
     centres = (np.arange(HISTOGRAM_BINS) + 0.5) * HISTOGRAM_RANGE / HISTOGRAM_BINS
     smeared = np.exp(-(((distances[:, None] - centres[None, :]) / HISTOGRAM_WIDTH) ** 2) / 2)
     histogram = smeared.sum(axis=0) / len(cell)
-    return _Reduced(cell, (cell.composition.reduced_formula, len(cell)), histogram)
+    return MatchingForm(cell, (cell.composition.reduced_formula, len(cell)), histogram)
 
 
 class MatchIndex:
@@ -218,13 +218,13 @@ class MatchIndex:
 
         self.matcher = StructureMatcher()
         self.max_candidates = max_candidates
-        self.groups: dict[tuple[str, int], list[tuple[int, _Reduced]]] = defaultdict(list)
+        self.groups: dict[tuple[str, int], list[tuple[int, MatchingForm]]] = defaultdict(list)
         self.capped_queries = 0  # queries that saw only part of their group
 
-    def add(self, label: int, reduced: _Reduced) -> None:
+    def add(self, label: int, reduced: MatchingForm) -> None:
         self.groups[reduced.key].append((label, reduced))
 
-    def find(self, reduced: _Reduced) -> int | None:
+    def find(self, reduced: MatchingForm) -> int | None:
         """The label of a matching member, or None."""
         members = self.groups.get(reduced.key, [])
         if len(members) > self.max_candidates:
@@ -258,7 +258,7 @@ def uniqueness(structures: Sequence[Structure], max_candidates: int = MAX_CANDID
     index = MatchIndex(max_candidates)
     first_match = []
     for i, structure in enumerate(structures):
-        reduced = _reduce(structure)
+        reduced = matching_form(structure)
         match = index.find(reduced)
         if match is None:
             index.add(i, reduced)
@@ -289,11 +289,11 @@ def novelty(
 
     Only the training structures whose reduced formula occurs among ``structures`` are reduced.
     """
-    queries = [_reduce(structure) for structure in structures]
+    queries = [matching_form(structure) for structure in structures]
     formulas = {query.key[0] for query in queries}
     index = MatchIndex(max_candidates)
     for label, structure in enumerate(training):
         if structure.composition.reduced_formula in formulas:
-            index.add(label, _reduce(structure))
+            index.add(label, matching_form(structure))
     novel = [index.find(query) is None for query in queries]
     return Novelty(novel, index.capped_queries)

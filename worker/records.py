@@ -30,4 +30,6 @@ def structure_record(structure) -> dict:
         "valid_structure": None,
         "valid_composition": None,
         "invalid_reason": None,
+        "known_as": None,
+        "novel": None,
     }

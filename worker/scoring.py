@@ -18,11 +18,29 @@ def score(structures, rows: list[dict], *, dataset: str, oracle: bool,
         row["valid_structure"] = checks.structural
         row["valid_composition"] = checks.compositional
         row["invalid_reason"] = checks.reason
+    mark_known(structures, rows, dataset=dataset)
     if oracle:
         predict(structures, rows, dataset=dataset, oracle_workers=oracle_workers)
     else:
         for row in rows:
             row["prediction_note"] = "the oracle is off on this server (XTALDIFF_ORACLE)"
+
+
+def mark_known(structures, rows: list[dict], *, dataset: str) -> None:
+    """Name the dataset structure each structurally valid one matches (model.known); the others,
+    and all of them on a machine without the dataset, stay unchecked."""
+    from model.data import DatasetError
+    from model.known import known_as
+
+    checked = [i for i, row in enumerate(rows) if row["valid_structure"]]
+    try:
+        matches = known_as([structures[i] for i in checked], dataset)
+    except DatasetError as err:
+        log.warning("structures not matched against %s: %s", dataset, err)
+        return
+    for i, match in zip(checked, matches, strict=True):
+        rows[i]["known_as"] = None if match is None else match.as_json()
+        rows[i]["novel"] = match is None
 
 
 def predict(structures, rows: list[dict], *, dataset: str, oracle_workers: int) -> None:

@@ -162,7 +162,8 @@ class Client:
 
     def structures(self, job_id: str, *, cell: str = "p1") -> list:
         """The job's structures as pymatgen Structures, in order, each with `properties`:
-        index, formula, space group, predicted property, validity and the reasons, links.
+        index, formula, space group, predicted property, validity and the reasons, `novel` and
+        `known_as` (the dataset structure it matches: material_id and split), links.
 
         cell: "p1" for the cell as the model made it, "symmetrized" for the symmetrised CIF,
         "relaxed" for the cell CHGNet relaxed it to (a job submitted with relax=True; the

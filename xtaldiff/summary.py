@@ -11,7 +11,7 @@ STEP = 0.05  # every quantile asked for is a multiple of it
 
 
 def summarize(rows: Iterable[dict], *, target: float) -> dict:
-    """``rows`` carry ``predicted_property``, ``valid_structure``, ``valid_composition``.
+    """``rows`` carry ``predicted_property``, ``valid_structure``, ``valid_composition``, ``novel``.
 
     Fields are None where nothing was predicted or checked (the oracle is optional).
     """
@@ -26,6 +26,8 @@ def summarize(rows: Iterable[dict], *, target: float) -> dict:
         "num_valid": sum(1 for r in checked if r["valid_structure"] and r["valid_composition"]),
         "num_predicted": len(predicted),
         "num_at_or_below_target": sum(1 for v in predicted if v <= target),
+        "num_novel": sum(1 for r in rows if r.get("novel") is True),
+        "num_known": sum(1 for r in rows if r.get("novel") is False),
         "predicted": distribution(predicted) if predicted else None,
     }
 

@@ -186,6 +186,10 @@ class StructureRow(Base):
     # figures with the oracle's prediction and validity of the relaxed structure.
     relaxed_cif: Mapped[str | None] = mapped_column(Text)
     relaxation: Mapped[dict | None] = mapped_column(JSON)
+    # The dataset structure it matches (model.known: material_id and split); novel is None when
+    # it was not checked (an invalid structure, a server without the dataset, a job before this).
+    known_as: Mapped[dict | None] = mapped_column(JSON)
+    novel: Mapped[bool | None] = mapped_column(Boolean)
 
     job: Mapped[Job] = relationship(back_populates="structures")
 

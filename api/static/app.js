@@ -485,6 +485,9 @@ function showJob(job) {
       `${summary.num_predicted} predicted`,
       `${summary.num_at_or_below_target} at or below the target`,
     ];
+    if (summary.num_novel !== null && summary.num_novel !== undefined) {
+      lines.push(`${summary.num_novel} new, ${summary.num_known} already in ${job.model.dataset}`);
+    }
     if (summary.predicted) {
       const spread = summary.predicted;
       lines.push(`predicted ${format(spread.min)} to ${format(spread.max)} ${unit}, median ${format(spread.quantiles["0.5"])}`);
@@ -539,7 +542,15 @@ const COLUMNS = [
   { key: "valid", label: "Valid", sortValue: (s) => s.valid,
     text: (s) => (s.valid === null ? "unchecked" : s.valid ? "yes" : "no"),
     title: (s) => s.invalid_reason },
+  { key: "known_as", label: "Known as", sortValue: (s) => (s.novel === null ? null : s.known_as?.material_id ?? ""),
+    text: knownAs, title: (s) => (s.known_as ? `matches ${s.known_as.material_id} of the ${s.known_as.split} split` : null) },
 ];
+
+// "new" when no structure of the dataset matches it, its id when one does.
+function knownAs(structure) {
+  if (structure.novel === null || structure.novel === undefined) return "unchecked";
+  return structure.novel ? "new" : structure.known_as.material_id;
+}
 
 function compareStructures(column, descending) {
   return (a, b) => {
@@ -650,6 +661,8 @@ function describeStructure(structure, unit) {
       : `${format(structure.predicted_property)} ${unit}`],
     ["Valid", structure.valid === null ? "unchecked"
       : structure.valid ? "yes" : `no: ${structure.invalid_reason}`],
+    ["Known as", structure.known_as ? `${structure.known_as.material_id} (${structure.known_as.split} split)`
+      : structure.novel ? "new: no structure of the dataset matches it" : "unchecked"],
   ];
   const relaxed = structure.relaxation;
   if (relaxed) {

@@ -56,6 +56,12 @@ def test_finished_job_lists_structures_summary_and_timings(client, checkpoint, s
     assert job["summary"]["num_checked"] == 4  # validity is always checked
     detail = client.get(f"/jobs/{job_id}/structures/0").json()
     assert detail["valid"] == (detail["invalid_reason"] is None)
+    # Every structurally valid structure is matched against the dataset; the others are not.
+    details = [client.get(f"/jobs/{job_id}/structures/{k}").json() for k in range(4)]
+    for structure in details:
+        assert (structure["novel"] is None) == (not structure["valid_structure"])
+        assert (structure["known_as"] is not None) == (structure["novel"] is False)
+    assert job["summary"]["num_novel"] + job["summary"]["num_known"] == sum(s["valid_structure"] for s in details)
     assert "oracle is off" in detail["prediction_note"]
 
 

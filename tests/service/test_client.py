@@ -62,6 +62,7 @@ def test_design_returns_structures_with_their_properties(api, tmp_path):
         assert structure.composition.reduced_formula == structure.properties["formula"]
         assert len(structure) == structure.properties["num_atoms"]
         assert "predicted_property" in structure.properties and "valid" in structure.properties
+        assert structure.properties["novel"] in (True, False, None) and "known_as" in structure.properties
 
     job_id = api.submit(dataset="perov_5", target=1.0, n=2, steps=5, seed=4)
     job = api.wait(job_id, timeout=120, progress=False)

@@ -41,3 +41,10 @@ def test_each_revision_upgrades_and_downgrades(database_url):
     assert {"chosen_by_admin", "validation_sent_at"} <= checkpoint_columns()
     db.downgrade(database_url, "0002")
     assert not {"chosen_by_admin", "validation_sent_at"} & checkpoint_columns()
+
+    db.upgrade(database_url, "0005")
+    assert not {"known_as", "novel"} & structure_columns()
+    db.upgrade(database_url, "0006")
+    assert {"known_as", "novel"} <= structure_columns()
+    db.downgrade(database_url, "0005")
+    assert not {"known_as", "novel"} & structure_columns()

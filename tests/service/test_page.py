@@ -236,6 +236,7 @@ def test_a_design_job_from_form_to_table_viewer_and_downloads(open_page, tmp_pat
         "elements Ba, Ti, O · guidance 0 · 5 steps · seed 7 · relaxed with CHGNet")
     expect(page.locator("#job-progress")).to_have_js_property("value", 1)
     expect(page.locator("#job-summary")).to_contain_text("of 3 valid")
+    expect(page.locator("#job-summary")).to_contain_text("already in perov_5")
     rows = page.locator("#structures tbody tr")
     expect(rows).to_have_count(3)
     formulas = rows.locator("td:nth-child(2)").all_text_contents()
@@ -260,6 +261,9 @@ def test_a_design_job_from_form_to_table_viewer_and_downloads(open_page, tmp_pat
     expect(page.locator("#structures tbody tr.selected")).to_have_attribute("data-index", selected)
     expect(page.locator("#structure-info")).to_contain_text(f"#{selected}:")
     expect(page.locator("#structure-info")).to_contain_text("Relaxed (CHGNet)")
+    expect(page.locator("#structure-info")).to_contain_text("Known as")
+    known = rows.locator("td:nth-child(7)").all_text_contents()
+    assert len(known) == 3 and all(text in ("new", "unchecked") or text.isdigit() for text in known), known
     relaxed = page.evaluate("(async () => (await (await fetch(location.origin + "
                             f"'/jobs/{job_id}/structures/{selected}', {{headers: {{Authorization: "
                             f"'Bearer {API_KEY}'}}}})).json()).relaxed_cif !== null)()")
