@@ -11,6 +11,7 @@ import csv
 import gzip
 import hashlib
 import math
+import os
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -133,7 +134,7 @@ def load_split(
             return CrystalArrays(**{k: f[k] for k in CrystalArrays.__dataclass_fields__})
     arrays = _parse_rows(_read_rows(csv_path, info.property_name, None), info.property_name, workers)
     cache.parent.mkdir(exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")  # processes that parse at once do not collide
     np.savez(tmp, **{k: getattr(arrays, k) for k in CrystalArrays.__dataclass_fields__})
     tmp.replace(cache)
     return arrays

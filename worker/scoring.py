@@ -38,6 +38,9 @@ def mark_known(structures, rows: list[dict], *, dataset: str) -> None:
     except DatasetError as err:
         log.warning("structures not matched against %s: %s", dataset, err)
         return
+    except Exception:  # a side annotation: the job's structures are worth more than it
+        log.exception("matching the structures against %s failed; they stay unchecked", dataset)
+        return
     for i, match in zip(checked, matches, strict=True):
         rows[i]["known_as"] = None if match is None else match.as_json()
         rows[i]["novel"] = match is None
