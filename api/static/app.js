@@ -662,7 +662,8 @@ function describeStructure(structure, unit) {
     ["Valid", structure.valid === null ? "unchecked"
       : structure.valid ? "yes" : `no: ${structure.invalid_reason}`],
     ["Known as", structure.known_as ? `${structure.known_as.material_id} (${structure.known_as.split} split)`
-      : structure.novel ? "new: no structure of the dataset matches it" : "unchecked"],
+      : structure.novel ? "new: no structure of the dataset matches it" : "unchecked",
+      materialsProjectPage(structure.known_as?.material_id)],
   ];
   const relaxed = structure.relaxation;
   if (relaxed) {
@@ -674,12 +675,22 @@ function describeStructure(structure, unit) {
           ? "none" : `${format(relaxed.predicted_property)} ${unit}`}`]);
   }
   $("download-cif-relaxed").hidden = !structure.relaxed_cif;
-  $("structure-info").replaceChildren(...facts.flatMap(([term, description]) => {
+  $("structure-info").replaceChildren(...facts.flatMap(([term, description, href]) => {
     const dt = document.createElement("dt"), dd = document.createElement("dd");
     dt.textContent = term;
     dd.textContent = description;
+    if (href) {
+      const link = Object.assign(document.createElement("a"), { href, target: "_blank", rel: "noopener" });
+      link.textContent = "Materials Project";
+      dd.append(" · ", link);
+    }
     return [dt, dd];
   }));
+}
+
+// mp_20's ids are Materials Project ids: a link to the entry (a navigation, nothing is loaded here).
+function materialsProjectPage(materialId) {
+  return /^mp-\d+$/.test(materialId ?? "") ? `https://next-gen.materialsproject.org/materials/${materialId}` : null;
 }
 
 function drawStructure(structure) {
