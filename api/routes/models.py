@@ -4,7 +4,7 @@ from fastapi import APIRouter
 
 from api.deps import OwnerDep, SessionDep
 from api.design import system_out
-from api.schemas import ModelOut, SystemOut
+from api.schemas import ModelOut, Problem, SystemOut
 from api.views import model_out
 from xtaldiff import queries
 
@@ -18,6 +18,7 @@ def list_models(session: SessionDep, _owner: OwnerDep) -> list[ModelOut]:
 
 
 @router.get("/models/{name}/systems/{system}", response_model=SystemOut,
+            responses={404: {"model": Problem}, 422: {"model": Problem}},
             summary="The training structures of a chemical system")
 def get_system(name: str, system: str, session: SessionDep, _owner: OwnerDep) -> SystemOut:
     """How many training structures of the model's dataset are made only of the elements of
