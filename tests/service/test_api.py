@@ -169,6 +169,22 @@ def test_a_system_lists_its_training_structures(client, checkpoint):
     assert response.status_code == 404 and "no ready model named 'nope'" in response.json()["detail"]
 
 
+def test_a_server_without_the_training_split_asks_for_a_target(client, checkpoint, monkeypatch):
+    from xtaldiff import training_systems
+
+    def missing(name, root=None):
+        raise training_systems.TrainingDataMissing(f"this server has no training split of {name} (data/)")
+
+    monkeypatch.setattr(training_systems, "training_compositions", missing)
+    response = client.post("/design", json={"dataset": "perov_5", "elements": ["Ba", "Ti", "O"]})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("give a target: this server has no training split of perov_5")
+    assert client.post("/design", json={"dataset": "perov_5", "elements": ["Ba", "Ti", "O"],
+                                        "target": 0.5}).status_code == 202
+    response = client.get(f"/models/{checkpoint.name}/systems/Ba-Ti-O")
+    assert response.status_code == 404 and "no training split of perov_5" in response.json()["detail"]
+
+
 def test_metrics_exports_request_counts_and_jobs_per_status(client, checkpoint):
     submit(client)
     client.get("/jobs/nope")
