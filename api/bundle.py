@@ -14,7 +14,7 @@ from xtaldiff.tables import Job, StructureRow
 
 CSV_COLUMNS = (
     "index", "formula", "full_formula", "num_atoms", "space_group", "space_group_number",
-    "predicted_property", "prediction_note", "valid", "valid_structure", "valid_composition",
+    "predicted_property", "predicted_e_above_hull", "prediction_note", "valid", "valid_structure", "valid_composition",
     "invalid_reason", "novel", "known_as_material_id", "known_as_split",
     "a", "b", "c", "alpha", "beta", "gamma", "volume", "cif", "cif_p1",
     "relaxed_energy_before_ev_per_atom", "relaxed_energy_after_ev_per_atom", "relax_steps", "relax_converged",
@@ -52,7 +52,7 @@ def _csv(structures: Sequence[StructureRow]) -> str:
         brief = structure_brief(s)
         writer.writerow([
             s.index, brief.formula, s.formula, s.num_atoms, s.space_group_symbol,
-            s.space_group_number, s.predicted_property, s.prediction_note, brief.valid,
+            s.space_group_number, s.predicted_property, s.predicted_e_above_hull, s.prediction_note, brief.valid,
             s.valid_structure, s.valid_composition, s.invalid_reason, s.novel,
             *[(s.known_as or {}).get(key) for key in ("material_id", "split")], s.a, s.b, s.c, s.alpha,
             s.beta, s.gamma, s.volume, f"cif/{cif_name(s)}", f"cif_p1/{cif_name(s, cell='p1')}",

@@ -156,6 +156,8 @@ class Summary(BaseModel):
     num_novel: int | None = Field(None, description="Valid structures that match no structure of the dataset "
                                   "(None: a job from before this was checked).")
     num_known: int | None = Field(None, description="Valid structures that match one (`known_as`).")
+    num_near_hull: int | None = Field(None, description="Structures predicted within 0.1 eV/atom of the hull of the "
+                                      "dataset's compounds (`predicted_e_above_hull`; 0 for a dataset without one).")
     predicted: Distribution | None = Field(description="Spread of the predicted values.")
 
 
@@ -176,6 +178,11 @@ class StructureBrief(BaseModel):
     novel: bool | None = Field(description="Matches no structure of the model's dataset, in any split "
                                "(StructureMatcher; None: not checked, as for a structurally invalid one).")
     known_as: KnownAs | None = Field(description="The dataset structure it matches, when it is a known one.")
+    predicted_e_above_hull: float | None = Field(
+        None, description="mp_20: eV/atom above the convex hull of the dataset's compounds of its chemical system "
+        "(labelled formation energies, all splits, elements at zero), from the predicted formation energy; a lower "
+        "bound of the distance to the Materials Project's hull, which holds more phases; below zero it would be a "
+        "new vertex. None without a prediction or for a dataset whose property is not a formation energy.")
     links: dict[str, Link] = Field(description="`self` (JSON), `cif`, `cif_p1`, and `cif_relaxed` when relaxed.")
 
 

@@ -47,7 +47,8 @@ def structure_brief(structure: StructureRow) -> StructureBrief:
         index=structure.index, formula=structure.reduced_formula,
         num_atoms=structure.num_atoms, space_group=structure.space_group_symbol,
         predicted_property=structure.predicted_property, valid=structure.valid,
-        novel=structure.novel, known_as=structure.known_as, links=structure_links(structure),
+        novel=structure.novel, known_as=structure.known_as,
+        predicted_e_above_hull=structure.predicted_e_above_hull, links=structure_links(structure),
     )
 
 

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -138,6 +139,17 @@ def load_split(
     np.savez(tmp, **{k: getattr(arrays, k) for k in CrystalArrays.__dataclass_fields__})
     tmp.replace(cache)
     return arrays
+
+
+@lru_cache(maxsize=3)
+def load_all_splits(dataset: str) -> dict[str, CrystalArrays]:
+    """Every split of `dataset` on this machine, read once per process (what the worker matches and
+    measures designed structures against); DatasetError when there is none."""
+    splits = {split: load_split(dataset, split) for split in ("train", "val", "test")
+              if (DATA_ROOT / dataset / f"{split}.csv.gz").exists()}
+    if not splits:
+        raise DatasetError(f"no split of {dataset} is on this machine (data/{dataset}/)")
+    return splits
 
 
 def dataset_statistics(train: CrystalArrays, dataset: str) -> dict:

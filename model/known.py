@@ -16,10 +16,8 @@ from functools import lru_cache
 
 from pymatgen.core import Lattice, Structure
 
-from model.data import DatasetError, load_split
+from model.data import load_all_splits
 from model.metrics import MatchIndex, matching_form
-
-SPLITS = ("train", "val", "test")
 
 
 def reduced_formula_key(atomic_numbers: Iterable[int]) -> tuple[tuple[int, int], ...]:
@@ -43,20 +41,13 @@ class DatasetStructures:
     """Every structure of a dataset, found by reduced formula."""
 
     def __init__(self, dataset: str) -> None:
-        self.splits = {}
+        self.splits = load_all_splits(dataset)
         self.by_formula: dict[tuple, list[tuple[str, int]]] = defaultdict(list)
-        for split in SPLITS:
-            try:
-                arrays = load_split(dataset, split)
-            except DatasetError:
-                continue
-            self.splits[split] = arrays
+        for split, arrays in self.splits.items():
             offsets = arrays.offsets
             for row in range(len(arrays)):
                 numbers = arrays.atomic_numbers[offsets[row]:offsets[row + 1]].tolist()
                 self.by_formula[reduced_formula_key(numbers)].append((split, row))
-        if not self.splits:
-            raise DatasetError(f"no split of {dataset} is on this machine (data/{dataset}/)")
         self.index = MatchIndex()
         self.indexed: set[tuple[str, int]] = set()
 

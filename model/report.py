@@ -25,11 +25,13 @@ import numpy as np
 from pymatgen.core import Lattice, Structure
 
 from model import metrics
+from model.formation import FORMATION_DATASETS
 from model.oracle import Oracle, Prediction
 from model.report_markdown import render_markdown
+from model.stability import dataset_hull
 from xtaldiff.datasets import DATASETS
 from xtaldiff.samplers import DEFAULT_SAMPLER
-from xtaldiff.summary import distribution
+from xtaldiff.summary import NEAR_HULL, distribution
 from xtaldiff.training_systems import reference_of
 
 CONDITIONING_QUANTILES = (5, 27.5, 50, 72.5, 95)  # targets spread over the training range
@@ -265,6 +267,7 @@ def run_evaluation(
     unique = metrics.uniqueness(valid_structures)
     novel = metrics.novelty(valid_structures, training)
     successes = sr5_successes(structures, values, validities, novel.novel, DATASETS[dataset].cdvae_thresholds[0])
+    stability = stability_report(structures, values, validities, unique, novel, dataset)
     metrics_s = time.time() - metrics_started
 
     relaxation = None
@@ -322,6 +325,7 @@ def run_evaluation(
             "nearest_candidates": metrics.MAX_CANDIDATES,
         },
         "sr5_successes": successes,
+        "stability": stability,
         "predicted_distribution_of_valid": distribution(predicted, (0.05, 0.25, 0.5, 0.75, 0.95))
         if predicted else {"count": 0},
         "implausible_predictions": {
@@ -375,6 +379,21 @@ def sr5_successes(structures, values, validities, novel_of_valid: list[bool], th
         "space_groups": dict(groups.most_common()),
         "space_group_symprec": metrics.SYMPREC,
     }
+
+
+def stability_report(structures, values, validities, unique: metrics.Uniqueness, novel: metrics.Novelty,
+                     dataset: str) -> dict | None:
+    """For a formation-energy dataset: the samples predicted within NEAR_HULL of the hull of the dataset's
+    compounds (model.stability), and those that are also unique and novel (the S.U.N. rate), per sample."""
+    if dataset not in FORMATION_DATASETS:
+        return None
+    hull = dataset_hull(dataset)
+    valid = [i for i, validity in enumerate(validities) if validity.valid]
+    near = [values[i] is not None and hull.e_above_hull(structures[i].composition, values[i]) <= NEAR_HULL
+            for i in valid]
+    sun = sum(near[j] and unique.first_match[j] == j and novel.novel[j] for j in range(len(valid)))
+    return {"near_hull_ev_per_atom": NEAR_HULL, "near_hull": sum(near) / len(structures),
+            "stable_unique_novel": sun / len(structures), "hull": "the dataset's compounds, all splits"}
 
 
 def relaxation_report(successes: Sequence[Structure], oracle: Oracle, threshold: float, workers: int,

@@ -82,6 +82,14 @@ def render_markdown(report: dict) -> str:
             more = f", {len(groups) - 10} more" if len(groups) > 10 else ""
             lines.append(f"- Space groups of the SR5 successes (spglib, symprec {found['space_group_symprec']} A): "
                          f"{shown}{more}.")
+    stability = report.get("stability")
+    if stability:
+        lines.append(
+            f"- Valid and predicted within {stability['near_hull_ev_per_atom']} eV/atom of the hull of "
+            f"{stability['hull']}: {stability['near_hull']:.3f} of all samples; also unique and novel "
+            f"(S.U.N.): {stability['stable_unique_novel']:.3f}. The hull holds fewer phases than the Materials "
+            "Project's, so these are upper bounds."
+        )
     spread = report["predicted_distribution_of_valid"]
     if spread["count"]:
         lines.append(

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from model.report import plausible_range, success_rate_section, system_reference
+from model import metrics
+from model.report import plausible_range, stability_report, success_rate_section, system_reference
 from xtaldiff.datasets import DATASETS
 
 
@@ -59,3 +60,19 @@ def test_a_system_is_measured_against_the_training_structures_made_only_of_its_e
     assert reference["p5"] == pytest.approx(np.percentile([-2.0, 0.0, 0.5], 5))
     assert reference["median"] == 0.0
     assert system_reference(training, values, ("K", "Br")) is None
+
+
+def test_stability_counts_samples_near_the_hull_and_those_also_unique_and_novel():
+    perovskite = Structure.from_spacegroup("Pm-3m", Lattice.cubic(3.9), ["Sr", "Ti", "O"],
+                                           [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0]])
+    rocksalt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    structures = [perovskite, perovskite.copy(), rocksalt]
+    validities = [metrics.validity(s) for s in structures]
+    assert all(v.valid for v in validities)
+    # Far under SrTiO3's hull (both copies near it, one of them unique), far over NaCl's.
+    values = [-9.0, -9.0, 5.0]
+    unique = metrics.Uniqueness(first_match=[0, 0, 2], capped_queries=0)
+    novel = metrics.Novelty(novel=[True, True, True], capped_queries=0)
+    stability = stability_report(structures, values, validities, unique, novel, "mp_20")
+    assert stability["near_hull"] == pytest.approx(2 / 3) and stability["stable_unique_novel"] == pytest.approx(1 / 3)
+    assert stability_report(structures, values, validities, unique, novel, "perov_5") is None

@@ -32,4 +32,5 @@ def structure_record(structure) -> dict:
         "invalid_reason": None,
         "known_as": None,
         "novel": None,
+        "predicted_e_above_hull": None,
     }

@@ -60,6 +60,30 @@ def predict(structures, rows: list[dict], *, dataset: str, oracle_workers: int) 
     for row, prediction in zip(rows, predictions, strict=True):
         row["predicted_property"] = prediction.value
         row["prediction_note"] = prediction.reason
+    mark_hull_distance(structures, rows, dataset=dataset)
+
+
+def mark_hull_distance(structures, rows: list[dict], *, dataset: str) -> None:
+    """For a formation-energy dataset, each predicted structure's distance to the hull of the
+    dataset's compounds (model.stability), from the oracle's prediction."""
+    from model.data import DatasetError
+    from model.formation import FORMATION_DATASETS
+    from model.stability import dataset_hull
+
+    if dataset not in FORMATION_DATASETS:
+        return
+    try:
+        hull = dataset_hull(dataset)
+    except DatasetError as err:
+        log.warning("no hull distances for %s: %s", dataset, err)
+        return
+    for row, structure in zip(rows, structures, strict=True):
+        if row["predicted_property"] is None:
+            continue
+        try:
+            row["predicted_e_above_hull"] = hull.e_above_hull(structure.composition, row["predicted_property"])
+        except Exception:  # a side figure: the structure is worth more than it
+            log.exception("no hull distance for %s", structure.composition.reduced_formula)
 
 
 def relax(structures, rows: list[dict], *, dataset: str, oracle: bool, oracle_workers: int,

@@ -7,6 +7,8 @@ import statistics
 from collections.abc import Iterable
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+# eV/atom above the hull within which a structure is commonly counted metastable (model.stability).
+NEAR_HULL = 0.1
 STEP = 0.05  # every quantile asked for is a multiple of it
 
 
@@ -28,6 +30,8 @@ def summarize(rows: Iterable[dict], *, target: float) -> dict:
         "num_at_or_below_target": sum(1 for v in predicted if v <= target),
         "num_novel": sum(1 for r in rows if r.get("novel") is True),
         "num_known": sum(1 for r in rows if r.get("novel") is False),
+        "num_near_hull": sum(1 for r in rows if r.get("predicted_e_above_hull") is not None
+                             and r["predicted_e_above_hull"] <= NEAR_HULL),
         "predicted": distribution(predicted) if predicted else None,
     }
 

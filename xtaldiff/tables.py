@@ -190,6 +190,9 @@ class StructureRow(Base):
     # it was not checked (an invalid structure, a server without the dataset, a job before this).
     known_as: Mapped[dict | None] = mapped_column(JSON)
     novel: Mapped[bool | None] = mapped_column(Boolean)
+    # A formation-energy dataset (mp_20): eV/atom above the hull of its compounds, from the
+    # oracle's prediction (model.stability); None without a prediction or for the other sets.
+    predicted_e_above_hull: Mapped[float | None] = mapped_column(Float)
 
     job: Mapped[Job] = relationship(back_populates="structures")
 

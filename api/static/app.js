@@ -488,6 +488,7 @@ function showJob(job) {
     if (summary.num_novel !== null && summary.num_novel !== undefined) {
       lines.push(`${summary.num_novel} new, ${summary.num_known} already in ${job.model.dataset}`);
     }
+    if (summary.num_near_hull) lines.push(`${summary.num_near_hull} within 0.1 eV/atom of the hull`);
     if (summary.predicted) {
       const spread = summary.predicted;
       lines.push(`predicted ${format(spread.min)} to ${format(spread.max)} ${unit}, median ${format(spread.quantiles["0.5"])}`);
@@ -522,7 +523,7 @@ async function loadStructures(view, job) {
     return;
   }
   if (view !== page.job) return;
-  Object.assign(view, { items, unit: job.model.unit, target: job.request.target });
+  Object.assign(view, { items, unit: job.model.unit, target: job.request.target, dataset: job.model.dataset });
   $("results").hidden = false;
   drawTable();
   const first = items.find((item) => item.valid) ?? items[0];
@@ -539,6 +540,9 @@ const COLUMNS = [
     text: (s) => s.space_group },
   { key: "predicted_property", label: "Predicted", sortValue: (s) => s.predicted_property,
     text: (s) => format(s.predicted_property), title: (s) => s.prediction_note },
+  { key: "predicted_e_above_hull", label: "Above hull (eV/atom)", sortValue: (s) => s.predicted_e_above_hull,
+    text: (s) => format(s.predicted_e_above_hull), onlyWhen: (s) => s.predicted_e_above_hull != null,
+    title: () => "above the hull of the dataset's compounds, from the predicted formation energy" },
   { key: "valid", label: "Valid", sortValue: (s) => s.valid,
     text: (s) => (s.valid === null ? "unchecked" : s.valid ? "yes" : "no"),
     title: (s) => s.invalid_reason },
@@ -575,7 +579,9 @@ function visibleStructures(view) {
 
 function drawTable() {
   const view = page.job;
-  const header = COLUMNS.map((column) => {
+  // A column with nothing to show for this job's dataset is left out.
+  const columns = COLUMNS.filter((column) => !column.onlyWhen || view.items.some(column.onlyWhen));
+  const header = columns.map((column) => {
     const cell = document.createElement("th");
     const button = document.createElement("button");
     button.type = "button";
@@ -593,7 +599,7 @@ function drawTable() {
     row.tabIndex = 0;
     if (structure.index === view.selected) row.className = "selected";
     if (structure.valid === false) row.classList.add("invalid");
-    for (const column of COLUMNS) {
+    for (const column of columns) {
       const cell = row.insertCell();
       cell.textContent = column.text(structure);
       const title = column.title?.(structure);
@@ -659,6 +665,9 @@ function describeStructure(structure, unit) {
     ["Predicted", structure.predicted_property === null
       ? `none (${structure.prediction_note ?? "no oracle"})`
       : `${format(structure.predicted_property)} ${unit}`],
+    ...(structure.predicted_e_above_hull == null ? [] : [["Above hull",
+      `${format(structure.predicted_e_above_hull)} eV/atom above the hull of ${page.job.dataset}'s ` +
+      "compounds, from the predicted formation energy (a lower bound: the Materials Project holds more phases)"]]),
     ["Valid", structure.valid === null ? "unchecked"
       : structure.valid ? "yes" : `no: ${structure.invalid_reason}`],
     ["Known as", structure.known_as ? `${structure.known_as.material_id} (${structure.known_as.split} split)`

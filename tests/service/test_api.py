@@ -62,6 +62,8 @@ def test_finished_job_lists_structures_summary_and_timings(client, checkpoint, s
         assert (structure["novel"] is None) == (not structure["valid_structure"])
         assert (structure["known_as"] is not None) == (structure["novel"] is False)
     assert job["summary"]["num_novel"] + job["summary"]["num_known"] == sum(s["valid_structure"] for s in details)
+    # perov_5's property is no formation energy: no hull distances.
+    assert job["summary"]["num_near_hull"] == 0 and all(s["predicted_e_above_hull"] is None for s in details)
     assert "oracle is off" in detail["prediction_note"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from pymatgen.core import Lattice, Structure
 
 from worker.records import structure_record
@@ -43,6 +44,22 @@ def test_validity_and_predictions_land_in_the_right_rows(monkeypatch):
     assert good["predicted_property"] == -1.5 and good["prediction_note"] is None
     assert bad["valid_structure"] is False and "apart" in bad["invalid_reason"]
     assert bad["predicted_property"] is None and bad["prediction_note"] == "CrystalNN failed"
+
+
+def test_an_mp_20_structure_gets_its_hull_distance_and_its_dataset_match():
+    from model.stability import dataset_hull
+
+    structures = [perovskite()]
+    rows = [structure_record(s) for s in structures]
+    score(structures, rows, dataset="mp_20", oracle=True)
+    row = rows[0]
+    assert row["predicted_property"] is not None
+    assert row["predicted_e_above_hull"] == pytest.approx(
+        dataset_hull("mp_20").e_above_hull(structures[0].composition, row["predicted_property"]))
+    assert row["novel"] is False and row["known_as"]["material_id"].startswith("mp-")
+    perov_rows = [structure_record(s) for s in structures]
+    score(structures, perov_rows, dataset="perov_5", oracle=False)
+    assert perov_rows[0]["predicted_e_above_hull"] is None and perov_rows[0]["novel"] is False
 
 
 def test_oracle_unavailable_leaves_a_note(monkeypatch):

@@ -1,4 +1,5 @@
-"""structures.known_as and structures.novel: the dataset structure a designed one matches
+"""structures.known_as and structures.novel (the dataset structure a designed one matches) and
+structures.predicted_e_above_hull (its distance to the hull of the dataset's compounds)
 
 Revision ID: 0006
 Revises: 0005
@@ -20,9 +21,11 @@ def upgrade() -> None:
     with op.batch_alter_table("structures") as batch_op:
         batch_op.add_column(sa.Column("known_as", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("novel", sa.Boolean(), nullable=True))
+        batch_op.add_column(sa.Column("predicted_e_above_hull", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("structures") as batch_op:
+        batch_op.drop_column("predicted_e_above_hull")
         batch_op.drop_column("novel")
         batch_op.drop_column("known_as")
