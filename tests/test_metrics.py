@@ -156,3 +156,16 @@ def test_worker_scoring_and_predict_judge_a_structure_alike_even_past_ten_elemen
     assert unchecked.compositional is None and not unchecked.valid
     assert "composition not checked: 11 distinct elements" in unchecked.reason
     assert validity(perovskite).valid
+
+
+def test_an_ill_conditioned_cell_is_matched_in_its_niggli_cell():
+    # A near-singular basis like those an untrained model emits: pymatgen's Niggli reduction of
+    # it ran for 27 s, and one such cell held a worker's job for minutes.
+    basis = [[-12.486054, -15.850917, 9.653592], [-5.569528, 4.91082, -11.073464], [-26.019358, -24.077183, 8.582213]]
+    structure = Structure(Lattice(basis), ["Ba", "Ti", "O", "O", "O"],
+                          [[0.1, 0.2, 0.3], [0.6, 0.1, 0.8], [0.3, 0.9, 0.4], [0.8, 0.5, 0.05], [0.45, 0.35, 0.7]])
+    cell = metrics.niggli_cell(structure)
+    a, b, c = cell.lattice.abc
+    assert a <= b <= c and cell.volume == pytest.approx(structure.volume)
+    assert cell.composition == structure.composition
+    assert metrics.uniqueness([structure, structure.copy()]).unique == 1
