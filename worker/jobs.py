@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from worker.checkpoints import load_cached, local_checkpoint
 from worker.records import structure_record
-from worker.scoring import relax, score
+from worker.scoring import mark_known, relax, score
 from xtaldiff import queries
 from xtaldiff.broker import send, waiting_messages
 from xtaldiff.design_params import DesignParams
@@ -175,6 +175,7 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
             with _timed(timings, "score"):
                 score(structures, rows, dataset=job.dataset, oracle=settings.oracle,
                          oracle_workers=settings.oracle_workers)
+                mark_known(structures, rows, dataset=job.dataset)
             if params.relax:
                 hb.phase = "relaxing"
                 with _timed(timings, "relax"):

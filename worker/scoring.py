@@ -1,5 +1,6 @@
-"""Scoring each designed structure: validity and the oracle's prediction added to its record,
-and for a job with `relax` its CHGNet relaxation."""
+"""Scoring each designed structure: validity and the oracle's prediction added to its record
+(for mp_20 its distance to the dataset's hull), its match in the dataset for a design job, and
+for a job with `relax` its CHGNet relaxation."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ def score(structures, rows: list[dict], *, dataset: str, oracle: bool,
         row["valid_structure"] = checks.structural
         row["valid_composition"] = checks.compositional
         row["invalid_reason"] = checks.reason
-    mark_known(structures, rows, dataset=dataset)
     if oracle:
         predict(structures, rows, dataset=dataset, oracle_workers=oracle_workers)
     else:

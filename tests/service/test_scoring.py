@@ -6,7 +6,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from worker.records import structure_record
-from worker.scoring import score
+from worker.scoring import mark_known, score
 
 
 def perovskite() -> Structure:
@@ -52,6 +52,7 @@ def test_an_mp_20_structure_gets_its_hull_distance_and_its_dataset_match():
     structures = [perovskite()]
     rows = [structure_record(s) for s in structures]
     score(structures, rows, dataset="mp_20", oracle=True)
+    mark_known(structures, rows, dataset="mp_20")
     row = rows[0]
     assert row["predicted_property"] is not None
     assert row["predicted_e_above_hull"] == pytest.approx(
@@ -59,6 +60,7 @@ def test_an_mp_20_structure_gets_its_hull_distance_and_its_dataset_match():
     assert row["novel"] is False and row["known_as"]["material_id"].startswith("mp-")
     perov_rows = [structure_record(s) for s in structures]
     score(structures, perov_rows, dataset="perov_5", oracle=False)
+    mark_known(structures, perov_rows, dataset="perov_5")
     assert perov_rows[0]["predicted_e_above_hull"] is None and perov_rows[0]["novel"] is False
 
 
