@@ -206,7 +206,8 @@ class StructureDetail(StructureBrief):
         None, description="A job with `relax`: CHGNet's energy per atom before and after (eV/atom), steps, "
         "converged, rms_displacement (StructureMatcher, normalised; null: relaxation changed the structure "
         "beyond matching), error (why CHGNet could not evaluate it), and for the relaxed structure the "
-        "oracle's predicted_property and validity.")
+        "oracle's predicted_property and validity; for mp_20 also its predicted_e_above_hull (as the "
+        "structure's own) and formation_energy_chgnet (CHGNet's energy against its elemental references).")
 
 
 class JobOut(BaseModel):

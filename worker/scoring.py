@@ -91,7 +91,8 @@ def relax(structures, rows: list[dict], *, dataset: str, oracle: bool, oracle_wo
     """Relax each structure with CHGNet (model.relax); its row gains the relaxed cell as a P1
     CIF and `relaxation`: CHGNet's energies, steps, convergence and displacement, with the
     validity and the oracle's prediction of the relaxed structure, and for a formation-energy
-    dataset (mp_20) CHGNet's own formation energy. progress(done, total) after each structure:
+    dataset (mp_20) the relaxed structure's distance to the dataset's hull and CHGNet's own
+    formation energy. progress(done, total) after each structure:
     where a cancelled job stops. A relaxation not converged after max_fire_steps is kept, marked so."""
     from pymatgen.io.cif import CifWriter
 
@@ -111,6 +112,7 @@ def relax(structures, rows: list[dict], *, dataset: str, oracle: bool, oracle_wo
             found = next(checked_rows)
             record.update(
                 predicted_property=found.get("predicted_property"), prediction_note=found.get("prediction_note"),
+                predicted_e_above_hull=found.get("predicted_e_above_hull"),
                 valid=bool(found["valid_structure"] and found["valid_composition"]),
             )
             row["relaxed_cif"] = str(CifWriter(result.relaxed))

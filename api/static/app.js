@@ -681,7 +681,8 @@ function describeStructure(structure, unit) {
         `${relaxed.steps} steps${relaxed.converged ? "" : " (not converged)"}; moved ` +
         (relaxed.rms_displacement === null ? "beyond matching" : format(relaxed.rms_displacement)) +
         `; predicted after: ${relaxed.predicted_property === null || relaxed.predicted_property === undefined
-          ? "none" : `${format(relaxed.predicted_property)} ${unit}`}`]);
+          ? "none" : `${format(relaxed.predicted_property)} ${unit}`}` +
+        (relaxed.predicted_e_above_hull == null ? "" : `, ${format(relaxed.predicted_e_above_hull)} eV/atom above the hull`)]);
   }
   $("download-cif-relaxed").hidden = !structure.relaxed_cif;
   $("structure-info").replaceChildren(...facts.flatMap(([term, description, href]) => {

@@ -6,7 +6,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from worker.records import structure_record
-from worker.scoring import mark_known, score
+from worker.scoring import mark_known, relax, score
 
 
 def perovskite() -> Structure:
@@ -62,6 +62,26 @@ def test_an_mp_20_structure_gets_its_hull_distance_and_its_dataset_match():
     score(structures, perov_rows, dataset="perov_5", oracle=False)
     mark_known(structures, perov_rows, dataset="perov_5")
     assert perov_rows[0]["predicted_e_above_hull"] is None and perov_rows[0]["novel"] is False
+
+
+def test_a_relaxed_mp_20_structure_keeps_its_own_hull_distance_and_chgnet_formation_energy(monkeypatch):
+    from model import formation
+    from model.stability import dataset_hull
+
+    strained = perovskite()
+    strained.apply_strain(0.05)
+    elements = [el.symbol for el in strained.composition.elements]
+    # References at zero make CHGNet's formation energy its energy per atom, with no minute spent on them.
+    monkeypatch.setattr(formation, "elemental_references",
+                        lambda dataset: {el: {"energy_per_atom": 0.0} for el in elements})
+    rows = [structure_record(strained)]
+    relax([strained], rows, dataset="mp_20", oracle=True, oracle_workers=1, max_fire_steps=30,
+          progress=lambda done, total: None)
+    record = rows[0]["relaxation"]
+    assert record["error"] is None and record["predicted_property"] is not None
+    assert record["predicted_e_above_hull"] == pytest.approx(
+        dataset_hull("mp_20").e_above_hull(strained.composition, record["predicted_property"]))
+    assert record["formation_energy_chgnet"] == pytest.approx(record["energy_after_ev_per_atom"])
 
 
 def test_oracle_unavailable_leaves_a_note(monkeypatch):
