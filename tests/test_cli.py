@@ -33,6 +33,25 @@ def test_design_writes_cifs_and_summary(tiny_checkpoint, tmp_path):
         assert (out / row["file"]).read_text().startswith("# generated using pymatgen")
         assert {el.symbol for el in Composition(row["formula"])} <= {"Sr", "Ti", "O"}
         assert row["num_atoms"] == 5
+        # Scored by default, as the service scores its jobs.
+        assert isinstance(row["valid_structure"], bool)
+        assert (row["predicted_property"] is None) == (row["prediction_note"] is not None)
+        assert isinstance(row["novel"], bool) == row["valid_structure"]
+    rows = summary["structures"]
+    valid = sum(bool(r["valid_structure"] and r["valid_composition"]) for r in rows)
+    predicted = sum(r["predicted_property"] is not None for r in rows)
+    assert f"{valid} valid" in result.stdout and f", {predicted} predicted, " in result.stdout
+    assert f"{sum(r['novel'] is True for r in rows)} new to perov_5" in result.stdout
+
+    unscored = tmp_path / "unscored"
+    result = runner.invoke(app, ["design", "--checkpoint", str(tiny_checkpoint), "--target", "-0.2", "-n", "3",
+                                 "--elements", "Sr,Ti,O", "--steps", "10", "--seed", "4", "--no-score",
+                                 "--out", str(unscored)])
+    assert result.exit_code == 0, result.output
+    plain = json.loads((unscored / "summary.json").read_text())["structures"]
+    assert [r["formula"] for r in plain] == [r["formula"] for r in rows]
+    assert all(r["valid_structure"] is None and r["predicted_property"] is None for r in plain)
+    assert "valid" not in result.stdout
 
 
 def test_design_without_a_target_runs_at_the_least_among_the_elements_training_structures(tiny_checkpoint, tmp_path):

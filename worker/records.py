@@ -3,6 +3,8 @@ group, the oracle's prediction and validity flags."""
 
 from __future__ import annotations
 
+from worker.scoring import SCORE_COLUMNS
+
 
 def structure_record(structure) -> dict:
     """Columns of one ``structures`` row (pymatgen Structure in)."""
@@ -25,12 +27,5 @@ def structure_record(structure) -> dict:
         "space_group_number": number,
         "cif": cif,
         "cif_p1": str(CifWriter(structure)),
-        "predicted_property": None,
-        "prediction_note": None,
-        "valid_structure": None,
-        "valid_composition": None,
-        "invalid_reason": None,
-        "known_as": None,
-        "novel": None,
-        "predicted_e_above_hull": None,
+        **dict.fromkeys(SCORE_COLUMNS),
     }

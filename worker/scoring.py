@@ -8,6 +8,10 @@ import logging
 
 log = logging.getLogger(__name__)
 
+# The columns score and mark_known fill; None until they do (and where they cannot).
+SCORE_COLUMNS = ("predicted_property", "prediction_note", "valid_structure", "valid_composition",
+                 "invalid_reason", "known_as", "novel", "predicted_e_above_hull")
+
 
 def score(structures, rows: list[dict], *, dataset: str, oracle: bool,
              oracle_workers: int = 1) -> None:

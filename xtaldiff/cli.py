@@ -165,8 +165,12 @@ def design(
     relax: Annotated[
         bool, typer.Option(help="Also relax each structure with CHGNet; writes NNNN_<formula>_relaxed.cif beside it.")
     ] = False,
+    score: Annotated[
+        bool, typer.Option(help="Check each structure's validity, predict its property with the oracle (for mp_20 "
+                           "its distance to the dataset's hull) and match it against the dataset.")
+    ] = True,
 ) -> None:
-    """Design crystal structures for a target property; writes one CIF per structure."""
+    """Design crystal structures for a target property; writes one CIF per structure and summary.json."""
     if target is not None and not math.isfinite(target):
         raise fail(f"--target must be a finite number, got {target}")
     if n < 1:
@@ -179,6 +183,8 @@ def design(
     from model.checkpoint import load_model
     from model.sampling import allowed_class_mask
     from model.sampling import design as run_design
+    from worker.scoring import SCORE_COLUMNS, mark_known
+    from worker.scoring import score as score_structures
     from xtaldiff.samplers import DEFAULT_SAMPLER
     from xtaldiff.training_systems import NoDefaultTarget, default_target, target_note
 
@@ -217,6 +223,11 @@ def design(
             bar = tqdm(total=len(structures), unit="structure", desc="relaxing", disable=not sys.stderr.isatty())
             relaxations = relax_all(structures, progress=lambda done, _: bar.update(done - bar.n))
             bar.close()
+        scores = [dict.fromkeys(SCORE_COLUMNS) for _ in structures]
+        if score:
+            typer.echo("scoring: validity, the oracle's predictions, matches in the dataset", err=True)
+            score_structures(structures, scores, dataset=trained.dataset, oracle=True)
+            mark_known(structures, scores, dataset=trained.dataset)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, structure in enumerate(structures):
@@ -225,7 +236,7 @@ def design(
         rows.append({
             "file": name, "formula": structure.composition.reduced_formula, "num_atoms": len(structure),
             "lattice_abc": list(structure.lattice.abc), "lattice_angles": list(structure.lattice.angles),
-            "volume": structure.volume,
+            "volume": structure.volume, **scores[i],
         })
         if relaxations is not None:
             relaxed = relaxations[i]
@@ -241,7 +252,19 @@ def design(
         "device": str(trained.device), "wall_time_s": round(time.time() - started, 2), "structures": rows,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    typer.echo(f"wrote {len(structures)} structures to {out}")
+    typer.echo(f"wrote {len(structures)} structures to {out}"
+               + (": " + scored_summary(scores, target, trained.meta.property.unit, trained.dataset) if score else ""))
+
+
+def scored_summary(scores: list[dict], target: float, unit: str, dataset: str) -> str:
+    """What the scoring found, in one line: e.g. '6 valid (closest to the target: -2.41 eV/atom),
+    8 predicted, 8 new to mp_20'."""
+    valid = [row for row in scores if row["valid_structure"] and row["valid_composition"]]
+    values = [row["predicted_property"] for row in valid if row["predicted_property"] is not None]
+    closest = f" (closest to the target: {min(values, key=lambda v: abs(v - target)):.3g} {unit})" if values else ""
+    predicted = sum(row["predicted_property"] is not None for row in scores)
+    new = sum(row["novel"] is True for row in scores)
+    return f"{len(valid)} valid{closest}, {predicted} predicted, {new} new to {dataset}"
 
 
 @app.command()
