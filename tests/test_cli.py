@@ -54,6 +54,30 @@ def test_design_writes_cifs_and_summary(tiny_checkpoint, tmp_path):
     assert "valid" not in result.stdout
 
 
+def test_design_with_relax_writes_each_relaxed_cell_scored_as_the_service_scores_it(tiny_checkpoint, tmp_path):
+    out = tmp_path / "relaxed"
+    result = runner.invoke(app, ["design", "--checkpoint", str(tiny_checkpoint), "--target", "-0.2", "-n", "3",
+                                 "--elements", "Sr,Ti,O", "--steps", "10", "--seed", "4", "--relax",
+                                 "--max-fire-steps", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "summary.json").read_text())["structures"]
+    relaxed = [row for row in rows if row["relaxation"]["error"] is None]
+    # This seed's untrained model collapses one cell, which is refused, and leaves two to relax.
+    assert len(relaxed) == 2 and all("relaxed_cif" not in row for row in rows)
+    for row in relaxed:
+        record = row["relaxation"]
+        assert record["steps"] <= 3 and record["file"] == row["file"].replace(".cif", "_relaxed.cif")
+        assert (out / record["file"]).read_text().startswith("# generated using pymatgen")
+        assert isinstance(record["valid"], bool)
+        assert (record["predicted_property"] is None) == (record["prediction_note"] is not None)
+    refused = [row["relaxation"] for row in rows if row["relaxation"]["error"] is not None]
+    assert all(r["steps"] == 0 and "file" not in r for r in refused)
+
+    bad = runner.invoke(app, ["design", "--checkpoint", str(tiny_checkpoint), "--relax", "--max-fire-steps", "0",
+                              "--out", str(tmp_path / "never")])
+    assert bad.exit_code != 0 and not (tmp_path / "never").exists()
+
+
 def test_design_without_a_target_runs_at_the_least_among_the_elements_training_structures(tiny_checkpoint, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "xtaldiff", "design", "--checkpoint", str(tiny_checkpoint), "-n", "2", "--steps", "5",

@@ -163,8 +163,13 @@ def design(
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     relax: Annotated[
-        bool, typer.Option(help="Also relax each structure with CHGNet; writes NNNN_<formula>_relaxed.cif beside it.")
+        bool, typer.Option(help="Also relax each structure with CHGNet; writes NNNN_<formula>_relaxed.cif beside it "
+                           "and scores the relaxed structure as the generated one.")
     ] = False,
+    max_fire_steps: Annotated[
+        int | None, typer.Option(min=1, help="FIRE steps before a relaxation is kept as not converged "
+                                 "[default: model.relax.MAX_STEPS, the service's default too].")
+    ] = None,
     score: Annotated[
         bool, typer.Option(help="Check each structure's validity, predict its property with the oracle (for mp_20 "
                            "its distance to the dataset's hull) and match it against the dataset.")
@@ -184,6 +189,7 @@ def design(
     from model.sampling import allowed_class_mask
     from model.sampling import design as run_design
     from worker.scoring import SCORE_COLUMNS, mark_known
+    from worker.scoring import relax as relax_structures
     from worker.scoring import score as score_structures
     from xtaldiff.samplers import DEFAULT_SAMPLER
     from xtaldiff.training_systems import NoDefaultTarget, default_target, target_note
@@ -216,18 +222,20 @@ def design(
             guidance=guidance, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=progress,
         )
         bar.close()
-        relaxations = None
-        if relax:
-            from model.relax import relax_all
-
-            bar = tqdm(total=len(structures), unit="structure", desc="relaxing", disable=not sys.stderr.isatty())
-            relaxations = relax_all(structures, progress=lambda done, _: bar.update(done - bar.n))
-            bar.close()
         scores = [dict.fromkeys(SCORE_COLUMNS) for _ in structures]
         if score:
             typer.echo("scoring: validity, the oracle's predictions, matches in the dataset", err=True)
             score_structures(structures, scores, dataset=trained.dataset, oracle=True)
             mark_known(structures, scores, dataset=trained.dataset)
+        if relax:
+            from model.relax import MAX_STEPS
+
+            # The service's relaxation step: the relaxed structure is checked and predicted too.
+            bar = tqdm(total=len(structures), unit="structure", desc="relaxing", disable=not sys.stderr.isatty())
+            relax_structures(structures, scores, dataset=trained.dataset, oracle=True, oracle_workers=1,
+                             max_fire_steps=max_fire_steps or MAX_STEPS,
+                             progress=lambda done, _: bar.update(done - bar.n))
+            bar.close()
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, structure in enumerate(structures):
@@ -238,12 +246,10 @@ def design(
             "lattice_abc": list(structure.lattice.abc), "lattice_angles": list(structure.lattice.angles),
             "volume": structure.volume, **scores[i],
         })
-        if relaxations is not None:
-            relaxed = relaxations[i]
-            rows[-1]["relaxation"] = relaxed.as_dict()
-            if relaxed.relaxed is not None:
-                rows[-1]["relaxation"]["file"] = name.replace(".cif", "_relaxed.cif")
-                CifWriter(relaxed.relaxed).write_file(out / rows[-1]["relaxation"]["file"])
+        relaxed_cif = rows[-1].pop("relaxed_cif", None)
+        if relaxed_cif is not None:
+            rows[-1]["relaxation"]["file"] = name.replace(".cif", "_relaxed.cif")
+            (out / rows[-1]["relaxation"]["file"]).write_text(relaxed_cif)
     summary = {
         "checkpoint": str(checkpoint), "checkpoint_sha256": trained.sha256, "dataset": trained.dataset,
         "property": trained.meta.property.name, "unit": trained.meta.property.unit,
