@@ -117,12 +117,39 @@ class UnmaskedEnvelope(torch.nn.Module):
         return 1.0 / x + self.a * x_p + self.b * x_p * x + self.c * x_p * x * x
 
 
+def bessel_basis(num_spherical: int, num_radial: int) -> list[list]:
+    """PyG's ``dimenet_utils.bessel_basis`` (DimeNet's normalised spherical Bessel functions
+    j_l(z_ln x) / sqrt(j_{l+1}(z_ln)^2 / 2) as sympy expressions) without the ``sympy.simplify``
+    of each of its num_spherical x num_radial terms: that cosmetic step took 15 s of every
+    process's first prediction on a CPU. The expressions are the same up to the order of float
+    operations (tests/test_oracle.py checks them against scipy's spherical_jn)."""
+    import sympy
+    from torch_geometric.nn.models import dimenet_utils
+
+    zeros = dimenet_utils.Jn_zeros(num_spherical, num_radial)
+    formulas = dimenet_utils.spherical_bessel_formulas(num_spherical)
+    x = sympy.symbols("x")
+    return [
+        [
+            float(1 / np.sqrt(0.5 * dimenet_utils.Jn(zeros[order, i], order + 1) ** 2))
+            * formulas[order].subs(x, zeros[order, i] * x)
+            for i in range(num_radial)
+        ]
+        for order in range(num_spherical)
+    ]
+
+
 @functools.cache
 def untrained_network() -> torch.nn.Module:
-    """CDVAE's DimeNet++ with untrained weights; built once per process (sympy takes seconds)."""
-    from torch_geometric.nn.models import DimeNetPlusPlus
+    """CDVAE's DimeNet++ with untrained weights; built once per process."""
+    from torch_geometric.nn.models import DimeNetPlusPlus, dimenet_utils
 
-    network = DimeNetPlusPlus(**ARCHITECTURE)
+    library_basis = dimenet_utils.bessel_basis
+    dimenet_utils.bessel_basis = bessel_basis  # read by SphericalBasisLayer.__init__ at call time
+    try:
+        network = DimeNetPlusPlus(**ARCHITECTURE)
+    finally:
+        dimenet_utils.bessel_basis = library_basis
     for block in network.output_blocks:
         block.lin_up = torch.nn.Linear(block.lin_up.in_features, block.lin_up.out_features)
     network.rbf.envelope = UnmaskedEnvelope(ARCHITECTURE["envelope_exponent"])
