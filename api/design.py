@@ -17,7 +17,6 @@ from xtaldiff.checkpoint_file import PropertyStats
 from xtaldiff.datasets import dataset as dataset_info
 from xtaldiff.design_params import DesignParams
 from xtaldiff.elements import SYMBOLS
-from xtaldiff.samplers import DEFAULT_SAMPLER
 from xtaldiff.settings import Settings
 from xtaldiff.states import CheckpointStatus
 from xtaldiff.tables import Checkpoint
@@ -85,7 +84,7 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
         elements=None if elements is None else tuple(elements),
         guidance=request.guidance if request.guidance is not None else meta.default_guidance,
         steps=request.steps if request.steps is not None else min(meta.default_steps, settings.max_steps),
-        sampler=request.sampler or DEFAULT_SAMPLER,
+        sampler=request.sampler or meta.default_sampler,
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         relax=request.relax,
     )

@@ -75,7 +75,7 @@ class DesignRequest(BaseModel):
     )
     sampler: Sampler | None = Field(
         None, description="Reverse sampler: " + "; ".join(f"`{k}`: {v}" for k, v in SAMPLERS.items())
-        + ". Omit for `rescaled`.",
+        + ". Omit for the model's default (GET /models: `default_sampler`).",
     )
     relax: bool = Field(
         False, strict=True,
@@ -253,8 +253,11 @@ class ModelOut(BaseModel):
     max_num_atoms: int = Field(description="Largest cell (in atoms) seen in training.")
     default_guidance: float = Field(description="Guidance a request without `guidance` runs at.")
     timesteps: int = Field(description="Diffusion steps T: the most a request may ask for.")
+    default_sampler: str = Field(description="Sampler a request without `sampler` runs: the one whose "
+                                 "`default_steps` its evaluation measured (`rescaled` if never measured).")
     default_steps: int = Field(description="Steps a request without `steps` runs: the fewest at which "
-                               "its evaluation found SR5 and validity within 0.02 of T steps (T if never measured).")
+                               "its evaluation found SR5 and validity within 0.02 of the paper's sampler at "
+                               "T steps (T if never measured).")
     metrics: dict = Field(description="Its evaluation (`xtaldiff record-evaluation`): success "
                           "rates at w = 0 and at the default guidance, distinct SR5 formulas, the "
                           "steps curve, n, seed, the sha256 evaluated; empty for a model never evaluated.")

@@ -118,6 +118,7 @@ def _model_fields(checkpoint: Checkpoint) -> dict:
         max_num_atoms=meta.max_num_atoms,
         default_guidance=meta.default_guidance,
         timesteps=meta.timesteps,
+        default_sampler=meta.default_sampler,
         default_steps=meta.default_steps,
         metrics=dict(meta.metrics),
     )

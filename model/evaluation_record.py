@@ -1,8 +1,9 @@
 """What a checkpoint's header keeps of its evaluation reports, and the defaults chosen from them.
 
 `xtaldiff record-evaluation` reads the reports of one set of weights (a guidance sweep at T
-steps, a steps curve at the default guidance) and writes this record, the default guidance and
-the default steps into the header; the CLI and the service sample at those defaults.
+steps, a steps curve at the default guidance, for one sampler or several) and writes this
+record, the default guidance, sampler and steps into the header; the CLI and the service sample
+at those defaults.
 """
 
 from __future__ import annotations
@@ -46,35 +47,41 @@ STEPS_TOLERANCE = 0.02  # default steps keep SR5 and validity within this of T s
 
 
 def report_sampler(report: dict, timesteps: int) -> str:
-    """The sampler a report ran; at T steps the samplers coincide, so they share one name."""
+    """The sampler a report ran; at T steps rescaled and paper coincide, so they share one name."""
     provenance = report["provenance"]
-    if provenance["sampling_steps"] == timesteps:
+    sampler = provenance.get("sampler", "paper")  # reports written before the option ran DiffCSP's sampler
+    if provenance["sampling_steps"] == timesteps and sampler == "paper":
         return DEFAULT_SAMPLER
-    return provenance.get("sampler", "paper")  # reports written before the option ran DiffCSP's sampler
+    return sampler
 
 
-def choose_default_steps(reports: Sequence[dict], guidance: float, timesteps: int) -> int:
-    """The fewest steps at which the default sampler, at this guidance, keeps SR5 and validity
-    within STEPS_TOLERANCE of T steps, and so does every measured count above it (T when none does)."""
-    at = {r["provenance"]["sampling_steps"]: r for r in reports
-          if r["provenance"]["settings"]["guidance"] == guidance and report_sampler(r, timesteps) == DEFAULT_SAMPLER}
-    if timesteps not in at:
-        return timesteps
+def choose_default_sampling(reports: Sequence[dict], guidance: float, timesteps: int) -> tuple[str, int]:
+    """The sampler and the fewest steps at which it, at this guidance, keeps SR5 and validity
+    within STEPS_TOLERANCE of the paper's sampler at T steps, as does every count it was measured
+    at above them; (DEFAULT_SAMPLER, T) when none does. A tie goes to DEFAULT_SAMPLER."""
+    at_guidance = [r for r in reports if r["provenance"]["settings"]["guidance"] == guidance]
+    full = [r for r in at_guidance
+            if r["provenance"]["sampling_steps"] == timesteps and report_sampler(r, timesteps) == DEFAULT_SAMPLER]
+    if not full:
+        return DEFAULT_SAMPLER, timesteps
 
     def quality(report: dict) -> tuple[float, float]:
         return report["success_rates"]["all_samples_cdvae_thresholds"]["SR5"], report["validity"]["both"]
 
-    sr5_full, valid_full = quality(at[timesteps])
-    chosen = timesteps
-    for steps in sorted(at, reverse=True):
-        sr5, valid = quality(at[steps])
-        if sr5 < sr5_full - STEPS_TOLERANCE or valid < valid_full - STEPS_TOLERANCE:
-            break
-        chosen = steps
-    return chosen
+    sr5_full, valid_full = quality(full[0])
+    best = (timesteps, 0, DEFAULT_SAMPLER)
+    for sampler in {report_sampler(r, timesteps) for r in at_guidance}:
+        curve = {r["provenance"]["sampling_steps"]: r for r in at_guidance if report_sampler(r, timesteps) == sampler}
+        for steps in sorted(curve, reverse=True):
+            sr5, valid = quality(curve[steps])
+            if sr5 < sr5_full - STEPS_TOLERANCE or valid < valid_full - STEPS_TOLERANCE:
+                break
+            best = min(best, (steps, sampler != DEFAULT_SAMPLER, sampler))
+    return best[2], best[0]
 
 
-def evaluation_record(reports: Sequence[dict], default_guidance: float, default_steps: int, timesteps: int) -> dict:
+def evaluation_record(reports: Sequence[dict], default_guidance: float, default_sampler: str, default_steps: int,
+                      timesteps: int) -> dict:
     """What a checkpoint's header keeps of its evaluation (GET /models shows it): the guidance
     sweep at T steps, and the steps curve at the default guidance."""
 
@@ -91,7 +98,7 @@ def evaluation_record(reports: Sequence[dict], default_guidance: float, default_
         }
 
     full = {r["provenance"]["settings"]["guidance"]: r for r in reports
-            if r["provenance"]["sampling_steps"] == timesteps}
+            if r["provenance"]["sampling_steps"] == timesteps and report_sampler(r, timesteps) == DEFAULT_SAMPLER}
     curve = [r for r in reports if r["provenance"]["settings"]["guidance"] == default_guidance]
     curve.sort(key=lambda r: (-r["provenance"]["sampling_steps"], report_sampler(r, timesteps)))
     first = full[default_guidance]
@@ -102,6 +109,7 @@ def evaluation_record(reports: Sequence[dict], default_guidance: float, default_
         "steps": timesteps,
         "evaluated_sha256": first["provenance"]["checkpoint_sha256"],
         "default_guidance": default_guidance,
+        "default_sampler": default_sampler,
         "default_steps": default_steps,
         "at_w0": summary(full[0.0]) if 0.0 in full else None,
         "at_default_guidance": summary(first),

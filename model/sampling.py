@@ -13,7 +13,7 @@ from model.diffusion import reverse_diffusion
 from model.geometry import right_handed
 from model.network import DenoiserOutput
 from xtaldiff.checkpoint_file import MAX_ATOMS
-from xtaldiff.samplers import DEFAULT_SAMPLER, SAMPLERS
+from xtaldiff.samplers import SAMPLERS
 
 
 class DesignError(ValueError):
@@ -117,7 +117,8 @@ def design(
         model's default, `default_guidance`, chosen from its evaluation).
     steps: reverse steps, evenly strided over T (None: the model's `default_steps`, T unless
         `xtaldiff record-steps` measured fewer to be as good).
-    sampler: a key of model.diffusion.SAMPLERS (None: "rescaled").
+    sampler: a key of xtaldiff.samplers.SAMPLERS (None: the model's `default_sampler`, the one
+        its `default_steps` were measured with).
     progress(done, total) is called after every reverse step; raise from it to stop.
     The same seed on the same device gives the same structures.
     """
@@ -127,7 +128,7 @@ def design(
     steps = model.meta.default_steps if steps is None else steps
     if not isinstance(steps, int) or not 1 <= steps <= T:
         raise DesignError(f"steps must be between 1 and {T}, got {steps!r}")
-    sampler = DEFAULT_SAMPLER if sampler is None else sampler
+    sampler = model.meta.default_sampler if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise DesignError(f"sampler must be one of {', '.join(sorted(SAMPLERS))}, got {sampler!r}")
     if guidance is None:

@@ -275,16 +275,36 @@ def test_default_guidance_keeps_half_of_w0s_distinct_formulas_on_mp_20_and_uniqu
 
 
 def test_default_steps_are_the_fewest_that_keep_sr5_and_validity_within_002_of_t():
-    from model.evaluation_record import choose_default_steps
+    from model.evaluation_record import choose_default_sampling
 
     curve = [fake_report(0.0, 0.89, 290), fake_report(0.0, 0.90, 300, steps=250),
              fake_report(0.0, 0.875, 300, steps=100, valid=0.985), fake_report(0.0, 0.80, 300, steps=50),
-             fake_report(0.0, 0.89, 300, steps=20, sampler="paper"), fake_report(0.5, 0.99, 200, steps=10)]
-    assert choose_default_steps(curve, 0.0, 1000) == 100
+             fake_report(0.5, 0.99, 200, steps=10)]
+    assert choose_default_sampling(curve, 0.0, 1000) == ("rescaled", 100)
     # Validity counts as much as SR5; a dip stops the search even if fewer steps pass again.
-    assert choose_default_steps([*curve[:2], fake_report(0.0, 0.89, 300, steps=100, valid=0.97)], 0.0, 1000) == 250
-    assert choose_default_steps([curve[0], fake_report(0.0, 0.5, 1, steps=250), curve[2]], 0.0, 1000) == 1000
-    assert choose_default_steps(curve[1:], 0.0, 1000) == 1000  # nothing at T to compare with
+    dip = [*curve[:2], fake_report(0.0, 0.89, 300, steps=100, valid=0.97), fake_report(0.0, 0.89, 300, steps=50)]
+    assert choose_default_sampling(dip, 0.0, 1000) == ("rescaled", 250)
+    assert choose_default_sampling([curve[0], fake_report(0.0, 0.5, 1, steps=250), curve[2]], 0.0, 1000) == (
+        "rescaled", 1000)
+    assert choose_default_sampling(curve[1:], 0.0, 1000) == ("rescaled", 1000)  # nothing at T to compare with
+
+
+def test_another_sampler_is_the_default_where_it_keeps_the_papers_quality_in_fewer_steps():
+    from model.evaluation_record import choose_default_sampling
+
+    # carbon_24-like: the rescaled corrector fails at 100 steps; the exponential one holds at 250.
+    curve = [fake_report(0.0, 0.34, 1), fake_report(0.0, 0.0, 1, steps=100),
+             fake_report(0.0, 0.33, 1, steps=250, sampler="exponential"),
+             fake_report(0.0, 0.30, 1, steps=100, sampler="exponential"),
+             fake_report(0.0, 0.34, 1, steps=100, sampler="paper")]
+    assert choose_default_sampling(curve, 0.0, 1000) == ("paper", 100)
+    assert choose_default_sampling(curve[:4], 0.0, 1000) == ("exponential", 250)
+    # The T-step reference is the paper's sampler: the exponential one at T steps is another curve,
+    # and a tie in steps goes to the default sampler.
+    tie = [fake_report(0.0, 0.34, 1), fake_report(0.0, 0.34, 1, steps=100),
+           fake_report(0.0, 0.40, 1, sampler="exponential"), fake_report(0.0, 0.40, 1, steps=100, sampler="exponential")]
+    assert choose_default_sampling(tie, 0.0, 1000) == ("rescaled", 100)
+    assert choose_default_sampling(tie[2:], 0.0, 1000) == ("rescaled", 1000)
 
 
 def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_checkpoint, tmp_path):
@@ -322,7 +342,8 @@ def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_
     assert result.exit_code == 0, result.output
     meta = read_metadata(checkpoint)
     assert meta.default_guidance == 1.0
-    assert meta.default_steps == 10  # the 5-step report ran the paper's sampler
+    # The 5-step report ran the paper's sampler, as good as T by construction: it wins.
+    assert (meta.default_sampler, meta.default_steps) == ("paper", 5)
     assert "| 10 | rescaled |" in result.output and "| 5 | paper |" in result.output
     metrics = meta.metrics
     assert [(row["steps"], row["sampler"]) for row in metrics["steps_curve"]] == [
@@ -345,7 +366,7 @@ def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_
                    "--out", str(tmp_path / "designs"))
     assert designed.exit_code == 0, designed.output
     summary = json.loads((tmp_path / "designs" / "summary.json").read_text())
-    assert (summary["guidance"], summary["steps"], summary["sampler"]) == (1.0, 10, "rescaled")
+    assert (summary["guidance"], summary["steps"], summary["sampler"]) == (1.0, 5, "paper")
 
 
 def test_the_worker_evaluate_and_predict_score_a_structure_alike(tmp_path):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from xtaldiff.datasets import DATASET_NAMES
+from xtaldiff.samplers import DEFAULT_SAMPLER, SAMPLERS
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 DTYPE_BYTES = {
@@ -62,9 +63,10 @@ class CheckpointMeta:
     timesteps: int  # T
     step_lr: float  # the Langevin corrector's step size gamma
     lattice_bound: float  # largest lattice-vector component a sample may have
-    # The guidance scale and reverse steps a request that names none runs at: those its
-    # evaluation chose (`xtaldiff record-evaluation`), else w = 0 and T steps.
+    # The guidance scale, sampler and reverse steps a request that names none runs at: those its
+    # evaluation chose (`xtaldiff record-evaluation`), else w = 0, the paper's sampler and T steps.
     default_guidance: float
+    default_sampler: str
     default_steps: int
     network: Mapping  # model.network.DenoiserConfig's fields
     diffusion: Mapping  # model.diffusion.DiffusionConfig's fields
@@ -234,6 +236,9 @@ def parse_header(meta: object) -> CheckpointMeta:
     steps = sampling.get("default_steps", timesteps)
     if not (_is_count(steps) and 1 <= steps <= timesteps):
         raise CheckpointFileError(f"metadata sampling.default_steps must be an integer from 1 to {timesteps}")
+    default_sampler = sampling.get("default_sampler", DEFAULT_SAMPLER)
+    if not (isinstance(default_sampler, str) and default_sampler in SAMPLERS):
+        raise CheckpointFileError(f"metadata sampling.default_sampler must be one of {', '.join(SAMPLERS)}")
     for key in ("step_lr", "lattice_bound"):
         if not (_is_finite_number(sampling.get(key)) and sampling[key] > 0):
             raise CheckpointFileError(f"metadata sampling.{key} must be a number > 0")
@@ -254,7 +259,7 @@ def parse_header(meta: object) -> CheckpointMeta:
         ),
         elements=tuple(elements), num_atoms={int(k): float(p) for k, p in num_atoms.items()},
         timesteps=timesteps, step_lr=float(sampling["step_lr"]), lattice_bound=float(sampling["lattice_bound"]),
-        default_guidance=float(guidance), default_steps=steps,
+        default_guidance=float(guidance), default_sampler=default_sampler, default_steps=steps,
         network=meta["network"], diffusion=meta["diffusion"],
         training=meta.get("training") or {}, metrics=meta.get("metrics") or {}, header=meta,
     )

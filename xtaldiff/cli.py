@@ -15,12 +15,14 @@ from typing import Annotated
 import typer
 
 from xtaldiff.datasets import DatasetName
+from xtaldiff.samplers import SAMPLER_CHOICES
 
 app = typer.Typer(
     help="Generative inverse design of crystals with diffusion transformers.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]", which Rich would read as a markup tag and drop
 )
 
 
@@ -158,7 +160,7 @@ def design(
         int | None, typer.Option(help="Reverse steps [default: the model's own, measured as good as T].")
     ] = None,
     sampler: Annotated[
-        str | None, typer.Option(help="rescaled or paper (DiffCSP's corrector step at any stride) [default: rescaled].")
+        str | None, typer.Option(help=f"{SAMPLER_CHOICES} (xtaldiff.samplers) [default: the model's own].")
     ] = None,
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
@@ -191,7 +193,6 @@ def design(
     from worker.scoring import SCORE_COLUMNS, mark_known
     from worker.scoring import relax as relax_structures
     from worker.scoring import score as score_structures
-    from xtaldiff.samplers import DEFAULT_SAMPLER
     from xtaldiff.training_systems import NoDefaultTarget, default_target, target_note
 
     with user_errors():
@@ -209,7 +210,7 @@ def design(
             typer.echo(note, err=True)
         guidance = trained.meta.default_guidance if guidance is None else guidance
         steps = trained.meta.default_steps if steps is None else steps
-        sampler = DEFAULT_SAMPLER if sampler is None else sampler
+        sampler = trained.meta.default_sampler if sampler is None else sampler
         bar = tqdm(total=1, unit="step", disable=not sys.stderr.isatty())
 
         def progress(done: int, total: int) -> None:

@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from xtaldiff.datasets import DatasetName
+from xtaldiff.samplers import DEFAULT_SAMPLER, SAMPLER_CHOICES
 
 
 def _fail(message: str) -> typer.Exit:
@@ -183,7 +184,7 @@ def evaluate(
     target: Annotated[str, typer.Option(help="'min' (training minimum, the paper's protocol) or a value.")] = "min",
     steps: Annotated[int | None, typer.Option(min=1, help="Reverse steps [default: T].")] = None,
     sampler: Annotated[
-        str | None, typer.Option(help="rescaled or paper (model.diffusion.SAMPLERS) [default: rescaled].")
+        str | None, typer.Option(help=f"{SAMPLER_CHOICES} (xtaldiff.samplers) [default: {DEFAULT_SAMPLER}, the paper's at T steps].")
     ] = None,
     guidance: Annotated[float, typer.Option(min=0, help="Classifier-free guidance scale.")] = 0.0,
     seed: int = 0,
@@ -282,7 +283,7 @@ def record_evaluation(
     )
     from model.evaluation_record import (
         choose_default_guidance,
-        choose_default_steps,
+        choose_default_sampling,
         evaluation_record,
         report_sampler,
         steps_curve_table,
@@ -314,9 +315,11 @@ def record_evaluation(
         loaded.append(report)
     if len({(r["n"], r["provenance"]["settings"]["seed"]) for r in loaded}) > 1:
         raise _fail("the reports differ in n or seed; compare them under one protocol")
-    full = [r for r in loaded if r["provenance"]["sampling_steps"] == timesteps]
+    full = [r for r in loaded if r["provenance"]["sampling_steps"] == timesteps
+            and report_sampler(r, timesteps) == DEFAULT_SAMPLER]
     if not full:
-        raise _fail(f"no report at T = {timesteps} steps (the paper's protocol): evaluate without --steps first")
+        raise _fail(f"no report at T = {timesteps} steps with the paper's sampler (its protocol): "
+                    "evaluate without --steps and --sampler first")
     scales = sorted(r["provenance"]["settings"]["guidance"] for r in full)
     if default_guidance is None:
         try:
@@ -325,11 +328,11 @@ def record_evaluation(
             raise _fail(str(error)) from None
     if default_guidance not in scales:
         raise _fail(f"--default-guidance {default_guidance} has no report at {timesteps} steps; measured: {scales}")
-    default_steps = choose_default_steps(loaded, default_guidance, timesteps)
+    default_sampler, default_steps = choose_default_sampling(loaded, default_guidance, timesteps)
     meta = checked.as_dict()
-    meta["metrics"] = evaluation_record(loaded, default_guidance, default_steps, timesteps)
-    meta["sampling"]["default_guidance"] = default_guidance
-    meta["sampling"]["default_steps"] = default_steps
+    meta["metrics"] = evaluation_record(loaded, default_guidance, default_sampler, default_steps, timesteps)
+    meta["sampling"].update(default_guidance=default_guidance, default_sampler=default_sampler,
+                            default_steps=default_steps)
     rewrite_metadata(checkpoint, meta)
     # The header changed, so the file's sha256 did: each report says which file it now backs.
     backs = {"checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint),
@@ -343,5 +346,5 @@ def record_evaluation(
     typer.echo(f"{checkpoint}: default guidance {default_guidance:g} (SR5 {at['SR5']:.3f}, "
                f"{at['sr5_distinct_formulas']} distinct SR5 formulas, {at['sr5_unique']} unique structures in "
                f"{meta['metrics']['n']} samples), "
-               f"default steps {default_steps}")
+               f"default steps {default_steps} ({default_sampler} sampler)")
     typer.echo(steps_curve_table(meta["metrics"]["steps_curve"]))

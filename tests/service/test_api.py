@@ -313,7 +313,7 @@ def test_openapi_declares_this_servers_caps_on_a_design_request(settings, checkp
         assert fields["num_samples"]["maximum"] == 250
         assert [b.get("maximum") for b in fields["steps"]["anyOf"]] == [400, None]
         assert [b.get("maximum") for b in fields["guidance"]["anyOf"]] == [3.0, None]
-        assert fields["sampler"]["anyOf"][0]["enum"] == ["rescaled", "paper"]
+        assert fields["sampler"]["anyOf"][0]["enum"] == ["rescaled", "paper", "exponential"]
         refused = client.post("/design", json={"dataset": "perov_5", "target": 0.1, "num_samples": 251})
         assert refused.status_code == 422 and "at most 250" in refused.text
         too_much = client.post("/design", json={"dataset": "perov_5", "target": 0.1, "num_samples": 51, "steps": 20})
@@ -330,16 +330,17 @@ def test_a_request_without_guidance_or_steps_runs_at_the_models_defaults(client,
 
     path = tiny_checkpoint_file(tmp_path / "guided.safetensors", seed=5)
     meta = read_metadata(path).as_dict()
-    meta["sampling"].update(default_guidance=1.5, default_steps=20)
+    meta["sampling"].update(default_guidance=1.5, default_sampler="exponential", default_steps=20)
     rewrite_metadata(path, meta)
     register_checkpoint(sessions, path)
     listed = client.get("/models").json()[0]
-    assert (listed["default_guidance"], listed["default_steps"], listed["timesteps"]) == (1.5, 20, 50)
+    assert (listed["default_guidance"], listed["default_sampler"], listed["default_steps"], listed["timesteps"]) == (
+        1.5, "exponential", 20, 50)
     plain = client.post("/design", json={"dataset": "perov_5", "target": 1.0})
     assert plain.status_code == 202, plain.text
     plain = client.get(f"/jobs/{plain.json()['id']}").json()
     ran = plain["request"]
-    assert (ran["guidance"], ran["steps"], ran["sampler"]) == (1.5, 20, "rescaled")
+    assert (ran["guidance"], ran["steps"], ran["sampler"]) == (1.5, 20, "exponential")
     chosen = client.get(f"/jobs/{submit(client, guidance=0.0, steps=50, sampler='paper')}").json()
     ran = chosen["request"]
     assert (ran["guidance"], ran["steps"], ran["sampler"]) == (0.0, 50, "paper")

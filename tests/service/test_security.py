@@ -258,6 +258,8 @@ def test_production_refuses_unsafe_settings():
     (lambda meta: meta["sampling"].update(default_steps=51), "default_steps must be an integer from 1 to 50"),
     (lambda meta: meta["sampling"].update(default_steps=0), "default_steps must be an integer from 1 to 50"),
     (lambda meta: meta["sampling"].update(default_steps=2.5), "default_steps must be an integer from 1 to 50"),
+    (lambda meta: meta["sampling"].update(default_sampler="euler"), "default_sampler must be one of rescaled, paper"),
+    (lambda meta: meta["sampling"].update(default_sampler=["paper"]), "default_sampler must be one of rescaled, paper"),
     (lambda meta: meta["property"].update(min=10**400), "must be finite numbers"),
     (lambda meta: meta["property"].pop("std"), "property needs name, unit, min, max, mean, std"),
     (lambda meta: meta.update(num_atoms={"\u00b2": 1.0}), "atom counts from 1 to 64"),
