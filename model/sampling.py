@@ -116,7 +116,7 @@ def design(
     guidance: classifier-free guidance scale (0: the paper's conditional model; None: the
         model's default, `default_guidance`, chosen from its evaluation).
     steps: reverse steps, evenly strided over T (None: the model's `default_steps`, T unless
-        `xtaldiff record-steps` measured fewer to be as good).
+        `xtaldiff record-evaluation` measured fewer to be as good).
     sampler: a key of xtaldiff.samplers.SAMPLERS (None: the model's `default_sampler`, the one
         its `default_steps` were measured with).
     progress(done, total) is called after every reverse step; raise from it to stop.
