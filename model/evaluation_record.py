@@ -55,13 +55,17 @@ def report_sampler(report: dict, timesteps: int) -> str:
     return sampler
 
 
+def is_papers_protocol(report: dict, timesteps: int) -> bool:
+    """Whether a report ran the paper's sampler at T steps: the reference of every other."""
+    return report["provenance"]["sampling_steps"] == timesteps and report_sampler(report, timesteps) == DEFAULT_SAMPLER
+
+
 def choose_default_sampling(reports: Sequence[dict], guidance: float, timesteps: int) -> tuple[str, int]:
     """The sampler and the fewest steps at which it, at this guidance, keeps SR5 and validity
     within STEPS_TOLERANCE of the paper's sampler at T steps, as does every count it was measured
     at above them; (DEFAULT_SAMPLER, T) when none does. A tie goes to DEFAULT_SAMPLER."""
     at_guidance = [r for r in reports if r["provenance"]["settings"]["guidance"] == guidance]
-    full = [r for r in at_guidance
-            if r["provenance"]["sampling_steps"] == timesteps and report_sampler(r, timesteps) == DEFAULT_SAMPLER]
+    full = [r for r in at_guidance if is_papers_protocol(r, timesteps)]
     if not full:
         return DEFAULT_SAMPLER, timesteps
 
@@ -97,8 +101,7 @@ def evaluation_record(reports: Sequence[dict], default_guidance: float, default_
             "sr5_unique_and_novel": found["unique_and_novel"],
         }
 
-    full = {r["provenance"]["settings"]["guidance"]: r for r in reports
-            if r["provenance"]["sampling_steps"] == timesteps and report_sampler(r, timesteps) == DEFAULT_SAMPLER}
+    full = {r["provenance"]["settings"]["guidance"]: r for r in reports if is_papers_protocol(r, timesteps)}
     curve = [r for r in reports if r["provenance"]["settings"]["guidance"] == default_guidance]
     curve.sort(key=lambda r: (-r["provenance"]["sampling_steps"], report_sampler(r, timesteps)))
     first = full[default_guidance]

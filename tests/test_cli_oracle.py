@@ -302,7 +302,8 @@ def test_another_sampler_is_the_default_where_it_keeps_the_papers_quality_in_few
     # The T-step reference is the paper's sampler: the exponential one at T steps is another curve,
     # and a tie in steps goes to the default sampler.
     tie = [fake_report(0.0, 0.34, 1), fake_report(0.0, 0.34, 1, steps=100),
-           fake_report(0.0, 0.40, 1, sampler="exponential"), fake_report(0.0, 0.40, 1, steps=100, sampler="exponential")]
+           fake_report(0.0, 0.40, 1, sampler="exponential"),
+           fake_report(0.0, 0.40, 1, steps=100, sampler="exponential")]
     assert choose_default_sampling(tie, 0.0, 1000) == ("rescaled", 100)
     assert choose_default_sampling(tie[2:], 0.0, 1000) == ("rescaled", 1000)
 

@@ -184,7 +184,9 @@ def evaluate(
     target: Annotated[str, typer.Option(help="'min' (training minimum, the paper's protocol) or a value.")] = "min",
     steps: Annotated[int | None, typer.Option(min=1, help="Reverse steps [default: T].")] = None,
     sampler: Annotated[
-        str | None, typer.Option(help=f"{SAMPLER_CHOICES} (xtaldiff.samplers) [default: {DEFAULT_SAMPLER}, the paper's at T steps].")
+        str | None,
+        typer.Option(help=f"{SAMPLER_CHOICES} (xtaldiff.samplers) "
+                     f"[default: {DEFAULT_SAMPLER}, the paper's at T steps]."),
     ] = None,
     guidance: Annotated[float, typer.Option(min=0, help="Classifier-free guidance scale.")] = 0.0,
     seed: int = 0,
@@ -285,6 +287,7 @@ def record_evaluation(
         choose_default_guidance,
         choose_default_sampling,
         evaluation_record,
+        is_papers_protocol,
         report_sampler,
         steps_curve_table,
     )
@@ -315,8 +318,7 @@ def record_evaluation(
         loaded.append(report)
     if len({(r["n"], r["provenance"]["settings"]["seed"]) for r in loaded}) > 1:
         raise _fail("the reports differ in n or seed; compare them under one protocol")
-    full = [r for r in loaded if r["provenance"]["sampling_steps"] == timesteps
-            and report_sampler(r, timesteps) == DEFAULT_SAMPLER]
+    full = [r for r in loaded if is_papers_protocol(r, timesteps)]
     if not full:
         raise _fail(f"no report at T = {timesteps} steps with the paper's sampler (its protocol): "
                     "evaluate without --steps and --sampler first")
