@@ -28,7 +28,6 @@ from model import metrics
 from model.formation import FORMATION_DATASETS
 from model.oracle import Oracle, Prediction
 from model.report_markdown import render_markdown
-from model.stability import dataset_hull
 from xtaldiff.datasets import DATASETS
 from xtaldiff.samplers import DEFAULT_SAMPLER
 from xtaldiff.summary import NEAR_HULL, distribution
@@ -387,6 +386,9 @@ def stability_report(structures, values, validities, unique: metrics.Uniqueness,
     compounds (model.stability), and those that are also unique and novel (the S.U.N. rate), per sample."""
     if dataset not in FORMATION_DATASETS:
         return None
+    # Imported here: pymatgen's phase diagram needs plotly, which a GPU machine that only draws samples lacks.
+    from model.stability import dataset_hull
+
     hull = dataset_hull(dataset)
     valid = [i for i, validity in enumerate(validities) if validity.valid]
     near = [values[i] is not None and hull.e_above_hull(structures[i].composition, values[i]) <= NEAR_HULL

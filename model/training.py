@@ -184,7 +184,8 @@ def train(
 
     path = state_path(out, state_dir)
     if resume and path.exists():
-        state = torch.load(path, map_location=device, weights_only=True)
+        # On the CPU: the generators' states must stay there; load_state_dict moves the rest to the device.
+        state = torch.load(path, map_location="cpu", weights_only=True)
         if not same_run(config_record(config), state["config"]):
             raise ResumeError(f"--resume: {path} was trained with a different configuration: {state['config']}")
         net.load_state_dict(state["net"])
@@ -197,6 +198,8 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         record = json.loads(state["record"])
     elif resume:
         if not out.exists():
@@ -265,6 +268,7 @@ def train(
             "config": config_record(config), "net": net.state_dict(), "checkpoint_sha256": file_sha256(out),
             "optimizer": optimizer.state_dict(),
             "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
+            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
             "record": json.dumps(record),
         }, tmp)
         tmp.replace(path)
