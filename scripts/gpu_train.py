@@ -12,10 +12,11 @@ so a command cut off at its limit still leaves one) with the training curve besi
 state (15-21 MB a model) goes to --state-dir, outside OUT by default: the device tool brings
 back only a few files of at most 16 MB. A run whose state or checkpoint is there resumes.
 `--checkpoint PATH` (repeatable) adds a trained model to sample without training it. Then,
-for each model and guidance scale, n structures at the training minimum are sampled and
-written as samples/<model>_w<w>.csv.gz with a JSON sidecar (checkpoint sha256, seed, steps,
-device, seconds), packed into OUT/samples.tgz, to be scored on the CPU with
-`xtaldiff evaluate --samples`.
+for each model, guidance scale and number of steps (`--steps 1000,250,100`; T alone by
+default), n structures at the training minimum are sampled with `--sampler` and written as
+samples/<model>_w<w>[_steps<k>][_<sampler>].csv.gz (the names of reports/' folders) with a JSON
+sidecar (checkpoint sha256, seed, steps, sampler, device, seconds), packed into OUT/samples.tgz,
+to be scored on the CPU with `xtaldiff evaluate --samples`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xtaldiff.samplers import DEFAULT_SAMPLER, SAMPLERS  # noqa: E402  (torch-free)
 
 
 def parse_run(text: str) -> tuple[str, str, int, int, bool]:
@@ -58,28 +61,30 @@ def train_one(run: tuple, out_dir: Path, state_dir: Path, minutes: float, lr: fl
     print(json.dumps({"run": out.stem, **{k: v for k, v in record.items() if k != "history"}}), flush=True)
 
 
-def sample_one(checkpoint: Path, guidance: float, n: int, steps: int | None, seed: int, out_dir: Path) -> None:
+def sample_one(checkpoint: Path, model, guidance: float, n: int, steps: int | None, sampler: str, seed: int,
+               out_dir: Path) -> None:
     import torch
 
-    from model.checkpoint import load_model, weights_sha256
+    from model.checkpoint import weights_sha256
     from model.report import write_samples
     from model.sampling import design
     from xtaldiff.samplers import DEFAULT_SAMPLER
 
-    model = load_model(checkpoint)
     target = model.meta.property.min
-    steps = steps or model.schedule.config.timesteps  # the paper's protocol, not the model's default
+    timesteps = model.schedule.config.timesteps
+    steps = steps or timesteps  # the paper's protocol, not the model's default
     started = time.time()
-    structures = design(model, n=n, target=target, guidance=guidance, steps=steps, sampler=DEFAULT_SAMPLER,
+    structures = design(model, n=n, target=target, guidance=guidance, steps=steps, sampler=sampler,
                         seed=seed, batch_size=n)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.time() - started
-    name = f"{checkpoint.stem}_w{guidance:g}"
+    name = (f"{checkpoint.stem}_w{guidance:g}" + (f"_steps{steps}" if steps != timesteps else "")
+            + (f"_{sampler}" if sampler != DEFAULT_SAMPLER else ""))
     write_samples(out_dir / f"{name}.csv.gz", structures, {
         "checkpoint": checkpoint.name, "checkpoint_sha256": model.sha256,
         "weights_sha256": weights_sha256(checkpoint), "seed": seed,
-        "steps": steps, "sampler": DEFAULT_SAMPLER, "guidance": guidance, "target": target,
+        "steps": steps, "sampler": sampler, "guidance": guidance, "target": target,
         "device": torch.cuda.get_device_name() if model.device.type == "cuda" else "cpu",
         "sampling_s": round(seconds, 1),
     })
@@ -98,12 +103,17 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--guidance", default="0", help="comma-separated guidance scales to sample at")
     parser.add_argument("-n", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--steps", default="", help="comma-separated numbers of reverse steps (default: T)")
+    parser.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=sorted(SAMPLERS))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not args.run and not args.checkpoint:
         parser.error("give at least one --run or --checkpoint")
     guidance = [float(w) for w in args.guidance.split(",") if w.strip()]
+    try:
+        args.steps = [int(k) for k in args.steps.split(",") if k.strip()] or [None]
+    except ValueError:
+        parser.error(f"--steps {args.steps!r}: expected comma-separated whole numbers")
     args.out.mkdir(parents=True, exist_ok=True)
 
     context = multiprocessing.get_context("spawn")
@@ -133,8 +143,12 @@ def main() -> None:
 
 
 def sample_checkpoint(checkpoint: Path, guidance: list[float], args: argparse.Namespace) -> None:
+    from model.checkpoint import load_model
+
+    model = load_model(checkpoint)
     for w in guidance:
-        sample_one(checkpoint, w, args.n, args.steps, args.seed, args.out / "samples")
+        for steps in args.steps:
+            sample_one(checkpoint, model, w, args.n, steps, args.sampler, args.seed, args.out / "samples")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MISSING_ON_THE_GPU_MACHINE = ("plotly", "pydantic", "pydantic_settings")
 
 
-def test_sampling_only_packs_samples_with_their_sidecar(tmp_path, tiny_checkpoint):
+def test_sampling_only_packs_each_guidance_and_step_count_with_its_sidecar(tmp_path, tiny_checkpoint):
     missing = tmp_path / "missing"
     missing.mkdir()
     for name in MISSING_ON_THE_GPU_MACHINE:
@@ -23,7 +23,8 @@ def test_sampling_only_packs_samples_with_their_sidecar(tmp_path, tiny_checkpoin
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "scripts/gpu_train.py", "--out", str(out),
-         "--checkpoint", str(tiny_checkpoint), "-n", "3", "--steps", "4", "--guidance", "0,0.5"],
+         "--checkpoint", str(tiny_checkpoint), "-n", "3", "--steps", "4,2", "--sampler", "exponential",
+         "--guidance", "0,0.5"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(missing), str(ROOT)])},
     )
@@ -32,8 +33,12 @@ def test_sampling_only_packs_samples_with_their_sidecar(tmp_path, tiny_checkpoin
         archive.extractall(tmp_path / "unpacked", filter="data")
     samples = tmp_path / "unpacked" / "samples"
     for w in ("0", "0.5"):
-        sidecar = json.loads((samples / f"{tiny_checkpoint.stem}_w{w}.json").read_text())
-        assert (sidecar["n"], sidecar["steps"], sidecar["guidance"]) == (3, 4, float(w))
-        with gzip.open(samples / f"{tiny_checkpoint.stem}_w{w}.csv.gz", "rt") as rows:
-            assert len(rows.read().strip().splitlines()) == 1 + 3
+        for steps in (4, 2):
+            name = f"{tiny_checkpoint.stem}_w{w}_steps{steps}_exponential"
+            sidecar = json.loads((samples / f"{name}.json").read_text())
+            assert (sidecar["n"], sidecar["steps"], sidecar["guidance"], sidecar["sampler"]) == (
+                3, steps, float(w), "exponential")
+            with gzip.open(samples / f"{name}.csv.gz", "rt") as rows:
+                assert len(rows.read().strip().splitlines()) == 1 + 3
+    assert len(list(samples.iterdir())) == 2 * 2 * 2
     assert not (out / "samples").exists()
