@@ -449,7 +449,7 @@ function showJob(job) {
   const request = job.request, unit = job.model.unit;
   const facts = [
     job.model.name,
-    `target ${request.target} ${unit}`,
+    `target ${format(request.target)} ${unit}`,
     `${request.num_samples} structures`,
     request.num_atoms ? `${request.num_atoms} atoms` : null,
     request.elements ? `elements ${request.elements.join(", ")}` : null,
