@@ -68,7 +68,6 @@ def sample_one(checkpoint: Path, model, guidance: float, n: int, steps: int | No
     from model.checkpoint import weights_sha256
     from model.report import write_samples
     from model.sampling import design
-    from xtaldiff.samplers import DEFAULT_SAMPLER
 
     target = model.meta.property.min
     timesteps = model.schedule.config.timesteps
