@@ -66,6 +66,11 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
             f"num_atoms is {request.num_atoms}; model {checkpoint.name} was trained on cells of "
             f"at most {max_atoms} atoms: ask for {max_atoms} or fewer, or omit num_atoms"
         )
+    if request.atom_counts == "near_target" and request.num_atoms is None and meta.num_atoms_by_property is None:
+        raise Unprocessable(
+            f"atom_counts is near_target, but model {checkpoint.name} records no atom counts by property "
+            "(its checkpoint predates them): ask for atom_counts training, or give num_atoms"
+        )
     if request.steps is not None and request.steps > settings.max_steps:
         raise Unprocessable(f"steps is {request.steps}; at most {settings.max_steps} are allowed")
     timesteps = meta.timesteps
@@ -85,6 +90,7 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
         guidance=request.guidance if request.guidance is not None else meta.default_guidance,
         steps=request.steps if request.steps is not None else min(meta.default_steps, settings.max_steps),
         sampler=request.sampler or meta.default_sampler,
+        atom_counts=request.atom_counts or ("training" if meta.num_atoms_by_property is None else "near_target"),
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         relax=request.relax,
     )

@@ -9,11 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from xtaldiff.checkpoint_file import CONDITIONINGS
 from xtaldiff.datasets import DATASET_NAMES
+from xtaldiff.design_params import ATOM_COUNTS
 from xtaldiff.samplers import SAMPLERS
 from xtaldiff.states import CheckpointStatus, JobStatus
 
 Dataset = Literal[DATASET_NAMES]
 Sampler = Literal[tuple(SAMPLERS)]
+AtomCounts = Literal[tuple(ATOM_COUNTS)]
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_SEED = 2**32 - 1
 
@@ -53,8 +55,14 @@ class DesignRequest(BaseModel):
         "1000 by default).",
     )
     num_atoms: int | None = Field(
-        None, ge=1, strict=True, description="Atoms per cell. Omit to draw counts from the training "
-        "distribution; at most the largest count the model saw.",
+        None, ge=1, strict=True, description="Atoms per cell, at most the largest count the model saw. "
+        "Omit to draw counts as `atom_counts` says.",
+    )
+    atom_counts: AtomCounts | None = Field(
+        None, description="Where drawn atom counts come from: "
+        + "; ".join(f"`{k}`: {v}" for k, v in ATOM_COUNTS.items())
+        + ". Omit for `near_target` where the model records atom counts by property (GET /models: "
+        "`atom_counts_near_target`), else `training`.",
     )
     elements: list[str] | None = Field(
         None, min_length=1, max_length=118,
@@ -252,6 +260,9 @@ class ModelOut(BaseModel):
     elements: list[str] = Field(description="Element symbols the model can place.")
     max_num_atoms: int = Field(description="Largest cell (in atoms) seen in training.")
     default_guidance: float = Field(description="Guidance a request without `guidance` runs at.")
+    atom_counts_near_target: bool = Field(description="Whether its header records the training split's atom "
+                                          "counts by property, so that `atom_counts` may be `near_target` (the "
+                                          "default then).")
     timesteps: int = Field(description="Diffusion steps T: the most a request may ask for.")
     default_sampler: str = Field(description="Sampler a request without `sampler` runs: the one whose "
                                  "`default_steps` its evaluation measured (`rescaled` if never measured).")

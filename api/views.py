@@ -117,6 +117,7 @@ def _model_fields(checkpoint: Checkpoint) -> dict:
         elements=list(meta.elements),
         max_num_atoms=meta.max_num_atoms,
         default_guidance=meta.default_guidance,
+        atom_counts_near_target=meta.num_atoms_by_property is not None,
         timesteps=meta.timesteps,
         default_sampler=meta.default_sampler,
         default_steps=meta.default_steps,

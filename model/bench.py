@@ -76,7 +76,8 @@ def run_benchmarks(datasets: list[str], sample_n: int, sample_steps: int, train_
         model = TrainedModel(net.eval(), schedule, parse_header(make_header(net, schedule, meta)),
                              "random-weights", device)
         start = time.perf_counter()
-        design(model, n=sample_n, target=stats["min"], steps=sample_steps, seed=0, batch_size=sample_n)
+        design(model, n=sample_n, target=stats["min"], steps=sample_steps, atom_counts="training", seed=0,
+               batch_size=sample_n)
         seconds = time.perf_counter() - start
         entry["sampling"] = {"n": sample_n, "steps": sample_steps, "seconds": round(seconds, 1),
                              "structures_per_s": round(sample_n / seconds, 2)}

@@ -174,6 +174,30 @@ def dataset_statistics(train: CrystalArrays, dataset: str) -> dict:
     }
 
 
+PROPERTY_BINS = 20  # 5% of the training split each, the share under the SR5 threshold
+
+
+def atom_counts_by_property(train: CrystalArrays) -> dict | None:
+    """The split's atom counts in PROPERTY_BINS bins of its property, each holding about the same
+    number of structures (edges at its quantiles, each a training value, so no bin is empty).
+
+    p(N | y) for a design request: the paper draws N from the whole split's counts, which at an
+    extreme target asks for cells unlike those of the training crystals near it (carbon_24: the
+    5% of lowest energy are 52% six-atom cells and none has more than 14 atoms; the whole split is
+    34% six-atom cells and 8% above 14). None when the property takes a single value.
+    """
+    y = train.properties
+    edges = np.unique(np.quantile(y, np.linspace(0, 1, PROPERTY_BINS + 1), method="inverted_cdf"))
+    if len(edges) < 2:
+        return None
+    bins = np.clip(np.searchsorted(edges, y, side="right") - 1, 0, len(edges) - 2)
+    return {
+        "edges": edges.tolist(),
+        "counts": {str(n): np.bincount(bins[train.num_atoms == n], minlength=len(edges) - 1).tolist()
+                   for n in np.unique(train.num_atoms)},
+    }
+
+
 LATTICE_BOUND_FACTOR = 2.0  # sampler clips predicted L_0 entries to this multiple of the training maximum
 
 
@@ -185,6 +209,7 @@ def checkpoint_metadata(train: CrystalArrays, dataset: str) -> dict:
         "property": {k: v for k, v in stats.items() if k not in ("num_atoms", "elements")},
         "elements": stats["elements"],
         "num_atoms": stats["num_atoms"],
+        "num_atoms_by_property": atom_counts_by_property(train),
         "sampling": {
             "step_lr": dataset_info(dataset).step_lr,
             "lattice_bound": LATTICE_BOUND_FACTOR * float(np.abs(train.lattices).max()),

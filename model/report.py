@@ -45,6 +45,7 @@ class EvaluationSettings:
     target: float | None = None  # None: the training minimum (the paper's protocol)
     steps: int | None = None  # None: T (the paper's protocol), not the model's default_steps
     sampler: str | None = None  # None: model.diffusion.DEFAULT_SAMPLER
+    atom_counts: str = "training"  # the paper's protocol; "near_target": xtaldiff.design_params.ATOM_COUNTS
     guidance: float = 0.0
     seed: int = 0
     batch_size: int = 128
@@ -235,6 +236,7 @@ def run_evaluation(
             guidance=settings.guidance,
             steps=steps,
             sampler=sampler,
+            atom_counts=settings.atom_counts,
             seed=seed,
             batch_size=settings.batch_size,
             progress=_step_bar(n) if progress else None,

@@ -6,6 +6,9 @@ from pathlib import Path
 
 from xtaldiff.datasets import DATASET_NAMES, PUBLISHED
 
+ATOM_COUNT_SOURCES = {"training": "from the training split",
+                      "near_target": "from the training structures near the target"}
+
 
 def _cell(value) -> str:
     return "—" if value is None else f"{value:.2f}"
@@ -175,7 +178,8 @@ def render_markdown(report: dict) -> str:
         f"- Checkpoint `{provenance['checkpoint']}`, sha256 `{provenance['checkpoint_sha256']}`.",
         f"- n = {report['n']}, seed {provenance['settings']['seed']}, "
         f"{provenance['sampling_steps']} sampling steps ({provenance.get('sampler', 'paper')} sampler), guidance "
-        f"{provenance['settings']['guidance']}, device {provenance['device']}.",
+        f"{provenance['settings']['guidance']}, atom counts "
+        f"{ATOM_COUNT_SOURCES[provenance['settings'].get('atom_counts', 'training')]}, device {provenance['device']}.",
         "- Wall time (s): " + ", ".join(f"{k} {v}" for k, v in provenance["wall_time_s"].items()) + ".",
     ]
     if report["training_split_note"]:

@@ -13,6 +13,7 @@ from model.diffusion import reverse_diffusion
 from model.geometry import right_handed
 from model.network import DenoiserOutput
 from xtaldiff.checkpoint_file import MAX_ATOMS
+from xtaldiff.design_params import ATOM_COUNTS
 from xtaldiff.samplers import SAMPLERS
 
 
@@ -47,13 +48,33 @@ def allowed_class_mask(model: TrainedModel, elements: Sequence[str] | None) -> t
     return mask
 
 
-def sample_num_atoms(model: TrainedModel, n: int, generator: torch.Generator) -> list[int]:
-    """Atom counts drawn from the training distribution."""
-    dist = model.meta.num_atoms
-    counts = list(dist)
-    probs = torch.tensor([dist[k] for k in counts], dtype=torch.float64)
-    draws = torch.multinomial(probs, n, replacement=True, generator=generator)
-    return [counts[i] for i in draws.tolist()]
+def sample_num_atoms(model: TrainedModel, targets: Sequence[float], atom_counts: str,
+                     generator: torch.Generator) -> list[int]:
+    """One atom count per target: from the training split's distribution ("training", the
+    paper's), or from that of the training structures in each target's property bin
+    ("near_target", model.data.atom_counts_by_property)."""
+    n = len(targets)
+    if atom_counts == "training":
+        groups = {0: (model.meta.num_atoms, list(range(n)))}
+    else:
+        table = model.meta.num_atoms_by_property
+        groups = {}
+        for i, value in enumerate(targets):
+            k = table.bin_of(value)
+            groups.setdefault(k, (table.near(value), []))[1].append(i)
+    counts = [0] * n
+    for k in sorted(groups):
+        dist, index = groups[k]
+        values = list(dist)
+        probs = torch.tensor([dist[v] for v in values], dtype=torch.float64)
+        draws = torch.multinomial(probs, len(index), replacement=True, generator=generator)
+        for i, d in zip(index, draws.tolist(), strict=True):
+            counts[i] = values[d]
+    return counts
+
+
+def default_atom_counts(model: TrainedModel) -> str:
+    return "training" if model.meta.num_atoms_by_property is None else "near_target"
 
 
 def plan_batches(counts: Sequence[int], batch_size: int, one_count_per_batch: bool) -> list[list[int]]:
@@ -105,13 +126,14 @@ def design(
     guidance: float | None = None,
     steps: int | None = None,
     sampler: str | None = None,
+    atom_counts: str | None = None,
     seed: int = 0,
     batch_size: int = 128,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Structure]:
     """Sample `n` structures conditioned on `target` (the model's property, in its unit).
 
-    num_atoms: per structure, or None to draw from the training distribution.
+    num_atoms: per structure, or None to draw them as `atom_counts` says.
     elements: allowed element symbols (None: the whole vocabulary).
     guidance: classifier-free guidance scale (0: the paper's conditional model; None: the
         model's default, `default_guidance`, chosen from its evaluation).
@@ -119,6 +141,8 @@ def design(
         `xtaldiff record-evaluation` measured fewer to be as good).
     sampler: a key of xtaldiff.samplers.SAMPLERS (None: the model's `default_sampler`, the one
         its `default_steps` were measured with).
+    atom_counts: a key of xtaldiff.design_params.ATOM_COUNTS (None: "near_target" where the
+        checkpoint records atom counts by property, else "training").
     progress(done, total) is called after every reverse step; raise from it to stop.
     The same seed on the same device gives the same structures.
     """
@@ -141,9 +165,16 @@ def design(
             raise DesignError(f"target must be a finite number, got {value!r}")
     allowed = allowed_class_mask(model, elements).to(model.device)
 
+    atom_counts = default_atom_counts(model) if atom_counts is None else atom_counts
+    if atom_counts not in ATOM_COUNTS:
+        raise DesignError(f"atom_counts must be one of {', '.join(ATOM_COUNTS)}, got {atom_counts!r}")
+
     generator = torch.Generator().manual_seed(seed)
     if num_atoms is None:
-        counts = sample_num_atoms(model, n, generator)
+        if atom_counts == "near_target" and model.meta.num_atoms_by_property is None:
+            raise DesignError("this checkpoint records no atom counts by property (its header predates them): "
+                              "use atom_counts 'training', or name num_atoms")
+        counts = sample_num_atoms(model, targets, atom_counts, generator)
     else:
         counts = _per_structure(num_atoms, n, "num_atoms")
         for k in counts:

@@ -144,7 +144,8 @@ def main() -> None:
     model = load_model(args.checkpoint, device) if args.checkpoint else random_model(args.dataset, device)
     batches = [int(b) for b in args.batch.split(",")]
     n = args.n or max(batches)
-    counts = sorted(sample_num_atoms(model, n, torch.Generator().manual_seed(0)))
+    targets = [model.meta.property.min] * n
+    counts = sorted(sample_num_atoms(model, targets, "training", torch.Generator().manual_seed(0)))
     modes = [m for m in args.modes.split(",") if device.type == "cuda" or m in ("eager", "bf16", "design")]
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "dataset": model.meta.dataset, "n": n, "steps_timed": args.steps,

@@ -74,7 +74,7 @@ def sample_one(checkpoint: Path, model, guidance: float, n: int, steps: int | No
     steps = steps or timesteps  # the paper's protocol, not the model's default
     started = time.time()
     structures = design(model, n=n, target=target, guidance=guidance, steps=steps, sampler=sampler,
-                        seed=seed, batch_size=n)
+                        atom_counts="training", seed=seed, batch_size=n)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.time() - started
@@ -83,7 +83,7 @@ def sample_one(checkpoint: Path, model, guidance: float, n: int, steps: int | No
     write_samples(out_dir / f"{name}.csv.gz", structures, {
         "checkpoint": checkpoint.name, "checkpoint_sha256": model.sha256,
         "weights_sha256": weights_sha256(checkpoint), "seed": seed,
-        "steps": steps, "sampler": sampler, "guidance": guidance, "target": target,
+        "steps": steps, "sampler": sampler, "atom_counts": "training", "guidance": guidance, "target": target,
         "device": torch.cuda.get_device_name() if model.device.type == "cuda" else "cpu",
         "sampling_s": round(seconds, 1),
     })

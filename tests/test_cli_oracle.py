@@ -361,6 +361,19 @@ def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_
     other = tiny_checkpoint_file(tmp_path / "other.safetensors", seed=4)
     refused = run("record-evaluation", "--checkpoint", str(other), str(reports[0]))
     assert_one_line_error(refused, "evaluated other weights")
+    near = tmp_path / "near_target.csv.gz"
+    write_samples(near, design(model, n=4, target=target, seed=0, steps=10, atom_counts="near_target"), {
+        "checkpoint_sha256": model.sha256, "seed": 0, "steps": 10, "sampler": "rescaled", "guidance": 0.0,
+        "target": target, "atom_counts": "near_target",
+    })
+    result = run("evaluate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "near"),
+                 "--samples", str(near), "--cond-n", "0")
+    assert result.exit_code == 0, result.output
+    near_report = json.loads((tmp_path / "near" / "report.json").read_text())
+    assert near_report["provenance"]["settings"]["atom_counts"] == "near_target"
+    assert "atom counts from the training structures near the target" in (tmp_path / "near" / "report.md").read_text()
+    mixed = run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports), str(tmp_path / "near"))
+    assert_one_line_error(mixed, "drew atom counts near the target")
 
     run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports), "--default-guidance", "1")
     designed = run("design", "--checkpoint", str(checkpoint), "--target", "0.5", "-n", "2",
@@ -368,6 +381,7 @@ def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_
     assert designed.exit_code == 0, designed.output
     summary = json.loads((tmp_path / "designs" / "summary.json").read_text())
     assert (summary["guidance"], summary["steps"], summary["sampler"]) == (1.0, 5, "paper")
+    assert summary["atom_counts"] == "near_target"
 
 
 def test_the_worker_evaluate_and_predict_score_a_structure_alike(tmp_path):

@@ -7,10 +7,12 @@ import pytest
 import torch
 from pymatgen.core import Structure
 
-from model.checkpoint import load_model
+from model.checkpoint import load_model, read_metadata, rewrite_metadata
+from model.data import atom_counts_by_property, load_split
 from model.diffusion import DiffusionConfig, Schedule, corrector_step, langevin_update, sampling_timesteps
 from model.geometry import right_handed
-from model.sampling import DesignError, design, plan_batches
+from model.sampling import DesignError, design, plan_batches, sample_num_atoms
+from tests.conftest import tiny_checkpoint_file
 from xtaldiff.samplers import SAMPLERS
 
 
@@ -82,6 +84,56 @@ def test_every_cell_comes_out_right_handed(tiny_model, monkeypatch):
 def test_atom_counts_default_to_the_training_distribution(tiny_model):
     assert tiny_model.meta.num_atoms == {5: 1.0}
     assert {len(s) for s in design(tiny_model, n=3, target=0.0, steps=5)} == {5}
+
+
+@pytest.fixture(scope="module")
+def carbon_path(tmp_path_factory):
+    """A tiny untrained carbon_24 model: cells of 6 to 24 atoms, unlike perov_5's 5."""
+    return tiny_checkpoint_file(tmp_path_factory.mktemp("carbon") / "carbon.safetensors", dataset="carbon_24")
+
+
+def test_atom_counts_by_property_bin_the_split_evenly_and_keep_its_counts():
+    train = load_split("carbon_24", "train", limit=200)
+    table = atom_counts_by_property(train)
+    per_bin = np.sum(list(table["counts"].values()), axis=0)
+    assert len(per_bin) == 20 and per_bin.sum() == len(train) and per_bin.max() - per_bin.min() <= 2
+    for n, bins in table["counts"].items():
+        assert sum(bins) == np.sum(train.num_atoms == int(n))
+    lowest = np.argsort(train.properties, kind="stable")[: per_bin[0]]
+    first_bin = {int(n): bins[0] for n, bins in table["counts"].items() if bins[0]}
+    assert dict(zip(*np.unique(train.num_atoms[lowest], return_counts=True), strict=True)) == first_bin
+
+
+def test_near_target_draws_the_atom_counts_of_the_training_structures_in_the_targets_bin(carbon_path):
+    model = load_model(carbon_path, "cpu")
+    table = model.meta.num_atoms_by_property
+    low, high = table.edges[0], table.edges[-1]
+    assert set(table.near(low)) < set(model.meta.num_atoms) and table.near(low) != table.near(high)
+    counts = sample_num_atoms(model, [low] * 100 + [high] * 100, "near_target", torch.Generator().manual_seed(0))
+    assert set(counts[:100]) == set(table.near(low)) and set(counts[100:]) == set(table.near(high))
+    assert set(table.near(low - 100.0)) == set(table.near(low))  # beyond the range: its end bin
+    whole = sample_num_atoms(model, [low] * 200, "training", torch.Generator().manual_seed(0))
+    assert not set(whole) <= set(table.near(low))
+
+    structures = design(model, n=8, target=low, steps=2, seed=1)  # near_target is the default
+    assert {len(s) for s in structures} <= set(table.near(low))
+
+
+def test_a_header_without_atom_counts_by_property_draws_from_the_whole_split(carbon_path, tmp_path):
+    path = tmp_path / "old.safetensors"
+    path.write_bytes(carbon_path.read_bytes())
+    header = read_metadata(path).as_dict()
+    del header["num_atoms_by_property"]
+    rewrite_metadata(path, header)
+    model = load_model(path, "cpu")
+    assert model.meta.num_atoms_by_property is None
+    target = model.meta.property.min
+    default = design(model, n=3, target=target, steps=2, seed=1)
+    assert fingerprint(default) == fingerprint(design(model, n=3, target=target, steps=2, seed=1,
+                                                      atom_counts="training"))
+    with pytest.raises(DesignError, match="records no atom counts by property"):
+        design(model, n=3, target=target, steps=2, atom_counts="near_target")
+    assert {len(s) for s in design(model, n=2, target=target, steps=2, num_atoms=7, atom_counts="near_target")} == {7}
 
 
 def test_full_schedule_and_guidance_run(tiny_model):
@@ -186,6 +238,7 @@ def test_progress_is_reported_and_can_stop_sampling(tiny_model):
         ({"num_atoms": 0}, "num_atoms"),
         ({"guidance": -1.0}, "guidance"),
         ({"sampler": "euler"}, "sampler must be one of exponential, paper, rescaled"),
+        ({"atom_counts": "uniform"}, "atom_counts must be one of near_target, training"),
     ],
 )
 def test_bad_arguments_raise_design_errors(tiny_model, kwargs, message):

@@ -8,6 +8,7 @@ unpickles anything: the API uses it on untrusted uploads, the worker then loads 
 
 from __future__ import annotations
 
+import bisect
 import copy
 import hashlib
 import json
@@ -52,6 +53,26 @@ class PropertyStats:
 
 
 @dataclass(frozen=True)
+class AtomCountsByProperty:
+    """The training split's atom counts in bins of its property, each bin about the same number
+    of structures (model.data.atom_counts_by_property): the cells the training crystals near a
+    target had."""
+
+    edges: tuple[float, ...]  # ascending; bin k is [edges[k], edges[k + 1]), the last one closed
+    counts: Mapping[int, tuple[int, ...]]  # atom count -> training structures in each bin
+
+    def bin_of(self, target: float) -> int:
+        """The bin holding target (the first or last for a target outside the split's range)."""
+        return min(max(bisect.bisect_right(self.edges, target) - 1, 0), len(self.edges) - 2)
+
+    def near(self, target: float) -> dict[int, float]:
+        """Atom count -> probability among the training structures of target's bin."""
+        k = self.bin_of(target)
+        total = sum(per_bin[k] for per_bin in self.counts.values())
+        return {n: per_bin[k] / total for n, per_bin in self.counts.items() if per_bin[k]}
+
+
+@dataclass(frozen=True)
 class CheckpointMeta:
     """A checked checkpoint header, typed: built only by `parse_header`."""
 
@@ -60,6 +81,8 @@ class CheckpointMeta:
     property: PropertyStats
     elements: tuple[str, ...]  # the model's species vocabulary, in class order
     num_atoms: Mapping[int, float]  # atom count -> probability, as in the training split
+    # None in headers written before it existed: atom counts are then drawn from num_atoms.
+    num_atoms_by_property: AtomCountsByProperty | None
     timesteps: int  # T
     step_lr: float  # the Langevin corrector's step size gamma
     lattice_bound: float  # largest lattice-vector component a sample may have
@@ -225,6 +248,7 @@ def parse_header(meta: object) -> CheckpointMeta:
         raise CheckpointFileError(
             f"metadata num_atoms must map atom counts from 1 to {MAX_ATOMS} to probabilities"
         )
+    by_property = _parse_atom_counts_by_property(meta.get("num_atoms_by_property"))
     timesteps = meta.get("diffusion", {}).get("timesteps") if isinstance(meta.get("diffusion"), dict) else None
     if not (_is_count(timesteps) and timesteps > 0):
         raise CheckpointFileError("metadata diffusion.timesteps must be a positive integer")
@@ -258,8 +282,29 @@ def parse_header(meta: object) -> CheckpointMeta:
             min=float(prop["min"]), max=float(prop["max"]), percentiles=percentiles,
         ),
         elements=tuple(elements), num_atoms={int(k): float(p) for k, p in num_atoms.items()},
+        num_atoms_by_property=by_property,
         timesteps=timesteps, step_lr=float(sampling["step_lr"]), lattice_bound=float(sampling["lattice_bound"]),
         default_guidance=float(guidance), default_sampler=default_sampler, default_steps=steps,
         network=meta["network"], diffusion=meta["diffusion"],
         training=meta.get("training") or {}, metrics=meta.get("metrics") or {}, header=meta,
     )
+
+
+def _parse_atom_counts_by_property(table: object) -> AtomCountsByProperty | None:
+    if table is None:
+        return None
+    problem = ("metadata num_atoms_by_property must hold ascending property edges and, for each atom "
+               f"count from 1 to {MAX_ATOMS}, one count of structures per bin, every bin holding some")
+    if not isinstance(table, dict):
+        raise CheckpointFileError(problem)
+    edges, counts = table.get("edges"), table.get("counts")
+    if not (isinstance(edges, list) and len(edges) >= 2 and all(_is_finite_number(e) for e in edges)
+            and all(a < b for a, b in zip(edges, edges[1:], strict=False))
+            and isinstance(counts, dict) and counts
+            and all(isinstance(k, str) and k.isascii() and k.isdigit() and 0 < int(k) <= MAX_ATOMS for k in counts)
+            and all(isinstance(v, list) and len(v) == len(edges) - 1 and all(_is_count(c) for c in v)
+                    for v in counts.values())
+            and all(sum(bins) > 0 for bins in zip(*counts.values(), strict=True))):
+        raise CheckpointFileError(problem)
+    return AtomCountsByProperty(tuple(float(e) for e in edges),
+                                {int(k): tuple(v) for k, v in counts.items()})

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from xtaldiff.datasets import DatasetName
+from xtaldiff.design_params import ATOM_COUNTS_CHOICES
 from xtaldiff.samplers import SAMPLER_CHOICES
 
 app = typer.Typer(
@@ -151,7 +152,13 @@ def design(
                      "training structures made only of --elements when they are given]."),
     ] = None,
     n: Annotated[int, typer.Option("-n", "--n", help="Number of structures.")] = 16,
-    num_atoms: Annotated[int | None, typer.Option(help="Atoms per cell [default: drawn from training].")] = None,
+    num_atoms: Annotated[
+        int | None, typer.Option(help="Atoms per cell [default: drawn as --atom-counts says].")
+    ] = None,
+    atom_counts: Annotated[
+        str | None, typer.Option(help=f"Where drawn atom counts come from: {ATOM_COUNTS_CHOICES} "
+                                 "(xtaldiff.design_params) [default: near_target where the checkpoint records them].")
+    ] = None,
     elements: Annotated[str | None, typer.Option(help="Allowed elements, e.g. Li,Fe,O.")] = None,
     guidance: Annotated[
         float | None, typer.Option(help="Classifier-free guidance scale (0: none) [default: the model's own].")
@@ -188,7 +195,7 @@ def design(
     from tqdm import tqdm
 
     from model.checkpoint import load_model
-    from model.sampling import allowed_class_mask
+    from model.sampling import allowed_class_mask, default_atom_counts
     from model.sampling import design as run_design
     from worker.scoring import SCORE_COLUMNS, mark_known
     from worker.scoring import relax as relax_structures
@@ -211,6 +218,8 @@ def design(
         guidance = trained.meta.default_guidance if guidance is None else guidance
         steps = trained.meta.default_steps if steps is None else steps
         sampler = trained.meta.default_sampler if sampler is None else sampler
+        if num_atoms is None:
+            atom_counts = default_atom_counts(trained) if atom_counts is None else atom_counts
         bar = tqdm(total=1, unit="step", disable=not sys.stderr.isatty())
 
         def progress(done: int, total: int) -> None:
@@ -220,7 +229,8 @@ def design(
         started = time.time()
         structures = run_design(
             trained, n=n, target=target, num_atoms=num_atoms, elements=allowed,
-            guidance=guidance, steps=steps, sampler=sampler, seed=seed, batch_size=batch_size, progress=progress,
+            guidance=guidance, steps=steps, sampler=sampler, atom_counts=atom_counts, seed=seed, batch_size=batch_size,
+            progress=progress,
         )
         bar.close()
         scores = [dict.fromkeys(SCORE_COLUMNS) for _ in structures]
@@ -254,7 +264,8 @@ def design(
     summary = {
         "checkpoint": str(checkpoint), "checkpoint_sha256": trained.sha256, "dataset": trained.dataset,
         "property": trained.meta.property.name, "unit": trained.meta.property.unit,
-        "target": target, "n": n, "num_atoms": num_atoms, "elements": allowed,
+        "target": target, "n": n, "num_atoms": num_atoms, "atom_counts": None if num_atoms else atom_counts,
+        "elements": allowed,
         "guidance": guidance, "steps": steps, "sampler": sampler, "seed": seed,
         "device": str(trained.device), "wall_time_s": round(time.time() - started, 2), "structures": rows,
     }

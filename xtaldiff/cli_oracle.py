@@ -18,6 +18,7 @@ from typing import Annotated
 import typer
 
 from xtaldiff.datasets import DatasetName
+from xtaldiff.design_params import ATOM_COUNTS_CHOICES
 from xtaldiff.samplers import DEFAULT_SAMPLER, SAMPLER_CHOICES
 
 
@@ -188,6 +189,9 @@ def evaluate(
         typer.Option(help=f"{SAMPLER_CHOICES} (xtaldiff.samplers) "
                      f"[default: {DEFAULT_SAMPLER}, the paper's at T steps]."),
     ] = None,
+    atom_counts: Annotated[
+        str, typer.Option(help=f"Where atom counts come from: {ATOM_COUNTS_CHOICES} (xtaldiff.design_params).")
+    ] = "training",
     guidance: Annotated[float, typer.Option(min=0, help="Classifier-free guidance scale.")] = 0.0,
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
@@ -221,6 +225,7 @@ def evaluate(
             raise _fail(str(error)) from None
         n, steps, guidance, seed = drawn["n"], drawn["steps"], drawn["guidance"], drawn["seed"]
         sampler = drawn.get("sampler", "paper")
+        atom_counts = drawn.get("atom_counts", "training")
     from model.checkpoint import CheckpointError
     from model.data import DatasetError
     from model.oracle import OracleUnavailable
@@ -234,6 +239,7 @@ def evaluate(
         target=target_value,
         steps=steps,
         sampler=sampler,
+        atom_counts=atom_counts,
         guidance=guidance,
         seed=seed,
         batch_size=batch_size,
@@ -309,6 +315,9 @@ def record_evaluation(
             raise _fail(f"{path} is not an `xtaldiff evaluate` report.json ({error})") from None
         if missing:
             raise _fail(f"{path} lacks {missing}: evaluate again with this version of xtaldiff")
+        if provenance["settings"].get("atom_counts", "training") != "training":
+            raise _fail(f"{path} drew atom counts near the target; the defaults are chosen under the paper's "
+                        "protocol: give reports evaluated without --atom-counts")
         if not names_these_weights(provenance, checkpoint):
             raise _fail(f"{path} evaluated other weights than those of {checkpoint}")
         if key in seen:

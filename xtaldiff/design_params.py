@@ -7,6 +7,14 @@ from dataclasses import asdict, dataclass
 
 from xtaldiff.samplers import DEFAULT_SAMPLER
 
+# Where a structure's atom count comes from when the request names none.
+ATOM_COUNTS = {
+    "near_target": "the atom counts of the training structures whose property is near the target "
+    "(its bin of 5% of the split)",
+    "training": "the whole training split's atom counts (the paper's protocol)",
+}
+ATOM_COUNTS_CHOICES = " or ".join(ATOM_COUNTS)
+
 
 @dataclass(frozen=True)
 class DesignParams:
@@ -21,6 +29,7 @@ class DesignParams:
     sampler: str
     seed: int
     relax: bool = False
+    atom_counts: str = "training"
 
     def as_json(self) -> dict:
         data = asdict(self)
@@ -29,12 +38,13 @@ class DesignParams:
 
     @classmethod
     def from_json(cls, data: dict) -> DesignParams:
-        """A stored request; jobs stored before `sampler` and `relax` existed read as their defaults."""
+        """A stored request; jobs stored before `sampler`, `relax` and `atom_counts` existed read as
+        what they ran."""
         return cls(
             model=data["model"], dataset=data["dataset"], target=float(data["target"]),
             num_samples=int(data["num_samples"]), num_atoms=data.get("num_atoms"),
             elements=None if data.get("elements") is None else tuple(data["elements"]),
             guidance=float(data["guidance"]), steps=data.get("steps"),
             sampler=data.get("sampler") or DEFAULT_SAMPLER, seed=int(data["seed"]),
-            relax=bool(data.get("relax", False)),
+            relax=bool(data.get("relax", False)), atom_counts=data.get("atom_counts") or "training",
         )

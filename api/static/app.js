@@ -452,6 +452,7 @@ function showJob(job) {
     `target ${format(request.target)} ${unit}`,
     `${request.num_samples} structures`,
     request.num_atoms ? `${request.num_atoms} atoms` : null,
+    !request.num_atoms && request.atom_counts === "near_target" ? "atom counts near the target" : null,
     request.elements ? `elements ${request.elements.join(", ")}` : null,
     `guidance ${request.guidance}`,
     `${request.steps ?? "all"} steps`,

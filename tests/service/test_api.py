@@ -348,6 +348,39 @@ def test_a_request_without_guidance_or_steps_runs_at_the_models_defaults(client,
     assert refused.status_code == 422 and "rescaled" in refused.text and "paper" in refused.text
 
 
+def test_atom_counts_are_drawn_near_the_target_where_the_model_records_them(client, checkpoint):
+    listed = client.get("/models").json()[0]
+    assert listed["atom_counts_near_target"] is True
+    ran = client.get(f"/jobs/{submit(client)}").json()["request"]
+    assert ran["atom_counts"] == "near_target"
+    chosen = client.get(f"/jobs/{submit(client, atom_counts='training')}").json()["request"]
+    assert chosen["atom_counts"] == "training"
+    refused = client.post("/design", json={"dataset": "perov_5", "target": 1.0, "atom_counts": "uniform"})
+    assert refused.status_code == 422 and "near_target" in refused.text
+
+
+def test_a_model_without_atom_counts_by_property_draws_from_the_whole_split(client, sessions, tmp_path):
+    from model.checkpoint import read_metadata, rewrite_metadata
+    from tests.conftest import tiny_checkpoint_file
+    from xtaldiff.serve import register_checkpoint
+
+    path = tiny_checkpoint_file(tmp_path / "older.safetensors", seed=6)
+    meta = read_metadata(path).as_dict()
+    del meta["num_atoms_by_property"]
+    rewrite_metadata(path, meta)
+    register_checkpoint(sessions, path)
+    assert client.get("/models").json()[0]["atom_counts_near_target"] is False
+    plain = client.post("/design", json={"dataset": "perov_5", "target": 1.0})
+    assert plain.status_code == 202, plain.text
+    assert client.get(f"/jobs/{plain.json()['id']}").json()["request"]["atom_counts"] == "training"
+    refused = client.post("/design", json={"dataset": "perov_5", "target": 1.0, "atom_counts": "near_target"})
+    assert refused.status_code == 422
+    assert "records no atom counts by property" in refused.json()["detail"] and "num_atoms" in refused.json()["detail"]
+    fixed = client.post("/design", json={"dataset": "perov_5", "target": 1.0, "atom_counts": "near_target",
+                                         "num_atoms": 5})
+    assert fixed.status_code == 202, fixed.text
+
+
 @pytest.mark.parametrize("path", [
     "/jobs/{id}/structures/4170497151666916622675738624.cif",
     "/jobs/{id}/structures/-4170497151666916622675738624.cif",
