@@ -30,6 +30,11 @@ def test_committed_checkpoints_carry_their_evaluation(path):
     assert metrics["default_guidance"] == meta.default_guidance
     assert metrics["at_default_guidance"]["guidance"] == metrics["default_guidance"]
     assert 0 <= metrics["at_w0"]["SR5"] <= metrics["at_w0"]["SR10"] <= metrics["at_w0"]["SR15"] <= 1
+    # Their designs draw atom counts near the target (scripts/record_atom_counts.py wrote the table).
+    table = meta.num_atoms_by_property
+    assert table is not None and len(table.edges) == 21
+    total = sum(sum(bins) for bins in table.counts.values())
+    assert {n: sum(bins) / total for n, bins in table.counts.items()} == pytest.approx(dict(meta.num_atoms))
 
 
 def test_samples_are_mostly_structurally_valid(samples):
