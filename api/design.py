@@ -90,7 +90,7 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
         guidance=request.guidance if request.guidance is not None else meta.default_guidance,
         steps=request.steps if request.steps is not None else min(meta.default_steps, settings.max_steps),
         sampler=request.sampler or meta.default_sampler,
-        atom_counts=request.atom_counts or ("training" if meta.num_atoms_by_property is None else "near_target"),
+        atom_counts=request.atom_counts or meta.default_atom_counts,
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         relax=request.relax,
     )

@@ -73,10 +73,6 @@ def sample_num_atoms(model: TrainedModel, targets: Sequence[float], atom_counts:
     return counts
 
 
-def default_atom_counts(model: TrainedModel) -> str:
-    return "training" if model.meta.num_atoms_by_property is None else "near_target"
-
-
 def plan_batches(counts: Sequence[int], batch_size: int, one_count_per_batch: bool) -> list[list[int]]:
     """Indices of `counts`, sorted by count, in batches of at most `batch_size`.
 
@@ -165,7 +161,7 @@ def design(
             raise DesignError(f"target must be a finite number, got {value!r}")
     allowed = allowed_class_mask(model, elements).to(model.device)
 
-    atom_counts = default_atom_counts(model) if atom_counts is None else atom_counts
+    atom_counts = model.meta.default_atom_counts if atom_counts is None else atom_counts
     if atom_counts not in ATOM_COUNTS:
         raise DesignError(f"atom_counts must be one of {', '.join(ATOM_COUNTS)}, got {atom_counts!r}")
 

@@ -31,8 +31,8 @@ def record(path: Path, reports: Path) -> str:
     meta = read_metadata(path)
     train = load_split(meta.dataset, "train")
     table = atom_counts_by_property(train)
-    marginal = {int(n): sum(bins) / len(train) for n, bins in (table or {"counts": {}})["counts"].items()}
-    if table is not None and any(abs(marginal.get(n, 0) - p) > 1e-9 for n, p in meta.num_atoms.items()):
+    marginal = {} if table is None else {int(n): sum(bins) / len(train) for n, bins in table["counts"].items()}
+    if marginal and any(abs(marginal.get(n, 0) - p) > 1e-9 for n, p in meta.num_atoms.items()):
         raise SystemExit(f"error: {path} was trained on another {meta.dataset} split than data/ holds "
                          "(its atom-count distribution differs); retrain it or leave its header as is")
     header = meta.as_dict()

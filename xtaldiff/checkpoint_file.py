@@ -101,6 +101,11 @@ class CheckpointMeta:
     def max_num_atoms(self) -> int:
         return max(self.num_atoms)
 
+    @property
+    def default_atom_counts(self) -> str:
+        """What a request naming neither num_atoms nor atom_counts draws from (design_params.ATOM_COUNTS)."""
+        return "training" if self.num_atoms_by_property is None else "near_target"
+
     def as_dict(self) -> dict:
         return copy.deepcopy(dict(self.header))
 

@@ -195,7 +195,7 @@ def design(
     from tqdm import tqdm
 
     from model.checkpoint import load_model
-    from model.sampling import allowed_class_mask, default_atom_counts
+    from model.sampling import allowed_class_mask
     from model.sampling import design as run_design
     from worker.scoring import SCORE_COLUMNS, mark_known
     from worker.scoring import relax as relax_structures
@@ -219,7 +219,7 @@ def design(
         steps = trained.meta.default_steps if steps is None else steps
         sampler = trained.meta.default_sampler if sampler is None else sampler
         if num_atoms is None:
-            atom_counts = default_atom_counts(trained) if atom_counts is None else atom_counts
+            atom_counts = trained.meta.default_atom_counts if atom_counts is None else atom_counts
         bar = tqdm(total=1, unit="step", disable=not sys.stderr.isatty())
 
         def progress(done: int, total: int) -> None:
