@@ -29,22 +29,34 @@ log = logging.getLogger(__name__)
 STOP_GRACE_S = 20
 
 
-def register_checkpoint(sessions: sessionmaker[Session], path: Path, *, activate: bool = True) -> Checkpoint:
+def register_checkpoint(sessions: sessionmaker[Session], path: Path, *, activate: bool = True,
+                        bundled: bool = False) -> Checkpoint:
     """Store a trusted local checkpoint as ready and (unless told not to) make it its
-    dataset's active model."""
+    dataset's active model.
+
+    It is named after its file. Another checkpoint holding that name keeps it, and this one is
+    `<name>_<sha8>`, unless this one is `bundled`: a bundled file owns its name, so new weights
+    committed under checkpoints/ answer to it after an upgrade, and the weights they replaced
+    stay ready as `<name>_<their sha8>` (jobs keep the sha256 they ran with)."""
     with open(path, "rb") as handle:
         inspected = inspect_checkpoint(handle)
         with sessions() as session:
+            name = path.stem
             checkpoint = queries.get_checkpoint(session, sha256=inspected.sha256)
+            holder = queries.get_checkpoint(session, name=name)
+            if holder is not None and holder.sha256 != inspected.sha256 and bundled:
+                holder.name = f"{name}_{holder.sha256[:8]}"
+                log.warning("%s: the file changed; its earlier weights are now %s", name, holder.name)
+                session.flush()
+                holder = None
             if checkpoint is None:
-                name = path.stem
-                if queries.get_checkpoint(session, name=name) is not None:
-                    name = f"{name}_{inspected.sha256[:8]}"
                 handle.seek(0)
                 checkpoint = queries.add_checkpoint(
-                    session, file=inspected, name=name, data=handle.read(),
-                    status=CheckpointStatus.ready,
+                    session, file=inspected, data=handle.read(), status=CheckpointStatus.ready,
+                    name=name if holder is None else f"{name}_{inspected.sha256[:8]}",
                 )
+            elif bundled:
+                checkpoint.name = name
             if activate and checkpoint.status == CheckpointStatus.ready:
                 queries.activate_checkpoint(session, checkpoint=checkpoint)
             session.commit()
@@ -130,7 +142,7 @@ def prepare_database(settings: Settings) -> None:
         if not path.is_file():
             log.warning("no checkpoint at %s: upload one through /admin/checkpoints", path)
             continue
-        checkpoint = register_checkpoint(sessions, path, activate=False)
+        checkpoint = register_checkpoint(sessions, path, activate=False, bundled=True)
         if checkpoint.status == CheckpointStatus.ready:
             rank = serving_rank(checkpoint.meta)
             if checkpoint.dataset not in best or rank > best[checkpoint.dataset][0]:

@@ -13,7 +13,7 @@ from worker.jobs import requeue_lost_jobs
 from xtaldiff import queries
 from xtaldiff.broker import create_celery
 from xtaldiff.design_params import DesignParams
-from xtaldiff.states import JobStatus
+from xtaldiff.states import CheckpointStatus, JobStatus
 from xtaldiff.summary import summarize
 from xtaldiff.tables import Checkpoint, Job, StructureRow, utcnow
 
@@ -264,6 +264,34 @@ def test_an_admins_choice_of_model_survives_a_restart(settings, sessions, tmp_pa
     prepare_database(bundled)  # the admin's model retired: the best bundled one serves again
     with sessions() as session:
         assert queries.active_checkpoint(session, dataset="perov_5").name == "better"
+
+
+def test_new_bundled_weights_take_the_models_name(settings, sessions, tmp_path):
+    """An upgrade that commits new weights under checkpoints/: a request naming the model runs
+    them, and the weights they replaced stay ready under a name of their own."""
+    from tests.conftest import tiny_checkpoint_file
+    from xtaldiff.serve import prepare_database
+
+    path = tmp_path / "perov_5_model.safetensors"
+    bundled = settings.model_copy(update={"bundled_checkpoints": [path]})
+    tiny_checkpoint_file(path, seed=1)
+    prepare_database(bundled)
+    with sessions() as session:
+        old_sha = queries.get_checkpoint(session, name="perov_5_model").sha256
+    tiny_checkpoint_file(path, seed=2)  # the upgrade rewrites the file
+    prepare_database(bundled)
+    with sessions() as session:
+        new = queries.get_checkpoint(session, name="perov_5_model")
+        assert new.sha256 != old_sha and new.active
+        old = queries.get_checkpoint(session, name=f"perov_5_model_{old_sha[:8]}")
+        assert old.sha256 == old_sha and old.status == CheckpointStatus.ready and not old.active
+    tiny_checkpoint_file(path, seed=1)  # going back to the earlier commit gives the name back
+    prepare_database(bundled)
+    with sessions() as session:
+        assert queries.get_checkpoint(session, name="perov_5_model").sha256 == old_sha
+        assert queries.active_checkpoint(session, dataset="perov_5").sha256 == old_sha
+        assert queries.get_checkpoint(session, name=f"perov_5_model_{new.sha256[:8]}") is not None
+        assert len(queries.list_checkpoints(session, ready_only=True)) == 2
 
 
 def test_a_flood_from_one_client_does_not_starve_another(settings, sessions, checkpoint):
