@@ -271,7 +271,10 @@ class ModelOut(BaseModel):
                                "T steps (T if never measured).")
     metrics: dict = Field(description="Its evaluation (`xtaldiff record-evaluation`): success "
                           "rates at w = 0 and at the default guidance, distinct SR5 formulas, the "
-                          "steps curve, n, seed, the sha256 evaluated; empty for a model never evaluated.")
+                          "steps curve, n, seed, the sha256 evaluated; empty for a model never evaluated. "
+                          "On the paper's protocol, atom counts drawn from the whole training split: a "
+                          "request drawing them near its target (`atom_counts`, the default where the "
+                          "model allows it) scored higher wherever measured (README, Atom counts).")
 
 
 class CheckpointOut(ModelOut):
