@@ -23,17 +23,10 @@ import gzip
 import json
 from pathlib import Path
 
-from pymatgen.core import Composition, Structure
+from pymatgen.core import Structure
 
 from model.metrics import compositional_problem
 from model.report import write_samples
-
-
-class _Cell:
-    """What compositional_problem reads of a structure."""
-
-    def __init__(self, composition: Composition) -> None:
-        self.composition = composition
 
 
 def one_atom_repair(structure: Structure) -> Structure | None:
@@ -41,14 +34,15 @@ def one_atom_repair(structure: Structure) -> Structure | None:
     no such change exists."""
     counts = structure.composition.get_el_amt_dict()
     for symbol in counts:
+        if counts[symbol] < 2:
+            continue
+        site = next(i for i, each in enumerate(structure) if each.specie.symbol == symbol)
         for other in counts:
-            if other == symbol or counts[symbol] < 2:
-                continue
-            changed = {**counts, symbol: counts[symbol] - 1, other: counts[other] + 1}
-            if compositional_problem(_Cell(Composition(changed))) is None:
+            if other != symbol:
                 repaired = structure.copy()
-                repaired.replace(next(i for i, site in enumerate(structure) if site.specie.symbol == symbol), other)
-                return repaired
+                repaired.replace(site, other)
+                if compositional_problem(repaired) is None:
+                    return repaired
     return None
 
 
