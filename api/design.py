@@ -91,6 +91,7 @@ def plan_design(session: Session, *, request: DesignRequest, settings: Settings)
         steps=request.steps if request.steps is not None else min(meta.default_steps, settings.max_steps),
         sampler=request.sampler or meta.default_sampler,
         atom_counts=request.atom_counts or meta.default_atom_counts,
+        charge_balance=request.charge_balance if request.charge_balance is not None else meta.default_charge_balance,
         seed=request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1),
         relax=request.relax,
     )

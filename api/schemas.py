@@ -85,6 +85,14 @@ class DesignRequest(BaseModel):
         None, description="Reverse sampler: " + "; ".join(f"`{k}`: {v}" for k, v in SAMPLERS.items())
         + ". Omit for the model's default (GET /models: `default_sampler`).",
     )
+    charge_balance: bool | None = Field(
+        None, strict=True,
+        description="Change predicted species while sampling so that every composition the model is near "
+        "to passes SMACT's charge-neutrality test (CDVAE's compositional validity): where the predicted "
+        "composition fails, the least improbable change of up to 3 atoms between elements already in the "
+        "cell is applied before each species step, and the coordinates and lattice follow it over the "
+        "remaining steps. Omit for the model's default (GET /models: `default_charge_balance`).",
+    )
     relax: bool = Field(
         False, strict=True,
         description="Also relax each structure with CHGNet 0.3.0 (positions and cell, FIRE, fmax 0.1 eV/A, "
@@ -269,6 +277,9 @@ class ModelOut(BaseModel):
     default_steps: int = Field(description="Steps a request without `steps` runs: the fewest at which "
                                "its evaluation found SR5 and validity within 0.02 of the paper's sampler at "
                                "T steps (T if never measured).")
+    default_charge_balance: bool = Field(description="Whether a request without `charge_balance` samples "
+                                         "charge-balanced: true where its evaluation found SR5 and validity at "
+                                         "least as high with it, at the default guidance and steps.")
     metrics: dict = Field(description="Its evaluation (`xtaldiff record-evaluation`): success "
                           "rates at w = 0 and at the default guidance, distinct SR5 formulas, the "
                           "steps curve, n, seed, the sha256 evaluated; empty for a model never evaluated. "

@@ -121,5 +121,6 @@ def _model_fields(checkpoint: Checkpoint) -> dict:
         timesteps=meta.timesteps,
         default_sampler=meta.default_sampler,
         default_steps=meta.default_steps,
+        default_charge_balance=meta.default_charge_balance,
         metrics=dict(meta.metrics),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,16 @@ from model.network import DenoiserOutput
 from xtaldiff.samplers import DEFAULT_SAMPLER, SAMPLERS
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], DenoiserOutput]
+
+
+class SpeciesConstraint(Protocol):
+    """A rule on compositions that the species steps keep (model.charge_balance)."""
+
+    def predicted(self, a0_probs: torch.Tensor, atom_mask: torch.Tensor, t: int) -> torch.Tensor:
+        """The predicted a_0 the D3PM step at level t moves towards."""
+
+    def sampled(self, a: torch.Tensor, a0_probs: torch.Tensor, atom_mask: torch.Tensor) -> torch.Tensor:
+        """The species of the last step (one-hot), given the last prediction."""
 
 
 @dataclass(frozen=True)
@@ -214,12 +225,14 @@ def reverse_diffusion(
     generator: torch.Generator,
     progress: Callable[[int, int], None] | None = None,
     sampler: str = DEFAULT_SAMPLER,
+    species_constraint: SpeciesConstraint | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample M_0 = (L, F, A) from the prior by predictor-corrector steps.
 
     atom_mask: (B, N) bool; allowed_classes: (K,) bool, the species the sampler may emit;
     lattice_bound: Angstrom, the largest |entry| of L_0 the sampler accepts;
-    sampler: a key of SAMPLERS ("paper" and "rescaled" are one sampler at steps == T).
+    sampler: a key of SAMPLERS ("paper" and "rescaled" are one sampler at steps == T);
+    species_constraint: a rule the species keep (SpeciesConstraint; model.charge_balance).
     Returns lattice (B, 3, 3), frac (B, N, 3), species classes (B, N).
     """
     if sampler not in SAMPLERS:
@@ -267,9 +280,13 @@ def reverse_diffusion(
         # D3PM step for species, restricted to the allowed classes.
         logits = out.species_logits.float().masked_fill(~allowed_classes, -torch.inf)
         a0_probs = logits.softmax(-1)
+        if species_constraint is not None:
+            a0_probs = species_constraint.predicted(a0_probs, atom_mask, t)
         probs = species_posterior(a, a0_probs, ab_t.expand(B), ab_s.expand(B)) * allowed
         probs = probs / probs.sum(-1, keepdim=True)
         a = F.one_hot(torch.multinomial(probs.view(-1, K), 1, generator=generator).view(B, N), K).float()
+        if species_constraint is not None and s == 0:
+            a = species_constraint.sampled(a, a0_probs, atom_mask)
 
         if progress is not None:
             progress(i + 1, len(grid))

@@ -1,9 +1,10 @@
 """What a checkpoint's header keeps of its evaluation reports, and the defaults chosen from them.
 
 `xtaldiff record-evaluation` reads the reports of one set of weights (a guidance sweep at T
-steps, a steps curve at the default guidance, for one sampler or several) and writes this
-record, the default guidance, sampler and steps into the header; the CLI and the service sample
-at those defaults.
+steps, a steps curve at the default guidance, for one sampler or several, and optionally a
+charge-balanced report at the default guidance, sampler and steps) and writes this record, the
+default guidance, sampler, steps and species step into the header; the CLI and the service
+sample at those defaults.
 """
 
 from __future__ import annotations
@@ -55,22 +56,31 @@ def report_sampler(report: dict, timesteps: int) -> str:
     return sampler
 
 
+def charge_balanced(report: dict) -> bool:
+    """Whether a report sampled with model.charge_balance's species step (reports before it did not)."""
+    return bool(report["provenance"]["settings"].get("charge_balance", False))
+
+
 def is_papers_protocol(report: dict, timesteps: int) -> bool:
     """Whether a report ran the paper's sampler at T steps: the reference of every other."""
-    return report["provenance"]["sampling_steps"] == timesteps and report_sampler(report, timesteps) == DEFAULT_SAMPLER
+    return (report["provenance"]["sampling_steps"] == timesteps and report_sampler(report, timesteps) == DEFAULT_SAMPLER
+            and not charge_balanced(report))
+
+
+def quality(report: dict) -> tuple[float, float]:
+    """SR5 and validity, the two figures a default must keep."""
+    return report["success_rates"]["all_samples_cdvae_thresholds"]["SR5"], report["validity"]["both"]
 
 
 def choose_default_sampling(reports: Sequence[dict], guidance: float, timesteps: int) -> tuple[str, int]:
     """The sampler and the fewest steps at which it, at this guidance, keeps SR5 and validity
     within STEPS_TOLERANCE of the paper's sampler at T steps, as does every count it was measured
     at above them; (DEFAULT_SAMPLER, T) when none does. A tie goes to DEFAULT_SAMPLER."""
-    at_guidance = [r for r in reports if r["provenance"]["settings"]["guidance"] == guidance]
+    at_guidance = [r for r in reports if r["provenance"]["settings"]["guidance"] == guidance
+                   and not charge_balanced(r)]
     full = [r for r in at_guidance if is_papers_protocol(r, timesteps)]
     if not full:
         return DEFAULT_SAMPLER, timesteps
-
-    def quality(report: dict) -> tuple[float, float]:
-        return report["success_rates"]["all_samples_cdvae_thresholds"]["SR5"], report["validity"]["both"]
 
     sr5_full, valid_full = quality(full[0])
     best = (timesteps, 0, DEFAULT_SAMPLER)
@@ -84,8 +94,23 @@ def choose_default_sampling(reports: Sequence[dict], guidance: float, timesteps:
     return best[2], best[0]
 
 
+def choose_charge_balance(reports: Sequence[dict], guidance: float, sampler: str, steps: int, timesteps: int) -> bool:
+    """Whether requests should sample charge-balanced: only where a charge-balanced report at the
+    default guidance, sampler and steps has SR5 and validity at least those of the paper's species
+    step at the same settings."""
+
+    def at_defaults(report: dict) -> bool:
+        provenance = report["provenance"]
+        return (provenance["settings"]["guidance"] == guidance and provenance["sampling_steps"] == steps
+                and report_sampler(report, timesteps) == sampler)
+
+    plain = [quality(r) for r in reports if at_defaults(r) and not charge_balanced(r)]
+    balanced = [quality(r) for r in reports if at_defaults(r) and charge_balanced(r)]
+    return bool(plain and balanced) and all(b >= p for b, p in zip(balanced[0], plain[0], strict=True))
+
+
 def evaluation_record(reports: Sequence[dict], default_guidance: float, default_sampler: str, default_steps: int,
-                      timesteps: int) -> dict:
+                      default_charge_balance: bool, timesteps: int) -> dict:
     """What a checkpoint's header keeps of its evaluation (GET /models shows it): the guidance
     sweep at T steps, and the steps curve at the default guidance."""
 
@@ -103,7 +128,7 @@ def evaluation_record(reports: Sequence[dict], default_guidance: float, default_
 
     full = {r["provenance"]["settings"]["guidance"]: r for r in reports if is_papers_protocol(r, timesteps)}
     curve = [r for r in reports if r["provenance"]["settings"]["guidance"] == default_guidance]
-    curve.sort(key=lambda r: (-r["provenance"]["sampling_steps"], report_sampler(r, timesteps)))
+    curve.sort(key=lambda r: (-r["provenance"]["sampling_steps"], report_sampler(r, timesteps), charge_balanced(r)))
     first = full[default_guidance]
     return {
         "protocol": "SR at CDVAE's thresholds, target = training minimum, all samples",
@@ -114,11 +139,13 @@ def evaluation_record(reports: Sequence[dict], default_guidance: float, default_
         "default_guidance": default_guidance,
         "default_sampler": default_sampler,
         "default_steps": default_steps,
+        "default_charge_balance": default_charge_balance,
         "at_w0": summary(full[0.0]) if 0.0 in full else None,
         "at_default_guidance": summary(first),
         "sweep": [summary(full[w]) for w in sorted(full)],
         "steps_curve": [
-            {"steps": r["provenance"]["sampling_steps"], "sampler": report_sampler(r, timesteps), **summary(r),
+            {"steps": r["provenance"]["sampling_steps"], "sampler": report_sampler(r, timesteps),
+             "charge_balance": charge_balanced(r), **summary(r),
              "sampling_s": r["provenance"]["wall_time_s"]["sampling"], "device": r["provenance"]["device"]}
             for r in curve
         ],
@@ -131,7 +158,8 @@ def steps_curve_table(curve: Sequence[dict]) -> str:
              "| sampling s (device) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in curve:
-        lines.append(f"| {row['steps']} | {row['sampler']} | {row['SR5']:.3f} | {row['SR10']:.3f} | "
+        sampler = row["sampler"] + (", charge-balanced" if row.get("charge_balance") else "")
+        lines.append(f"| {row['steps']} | {sampler} | {row['SR5']:.3f} | {row['SR10']:.3f} | "
                      f"{row['SR15']:.3f} | {row['validity']:.3f} | {row['sr5_distinct_formulas']} | "
                      f"{row['sr5_unique']} | {row['sampling_s']} ({row['device']}) |")
     return "\n".join(lines)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pymatgen.core import Element, Lattice, Structure
+from pymatgen.core import Composition, Element, Lattice, Structure
 
 from model.geometry import closest_pair
 
@@ -62,14 +62,18 @@ def structural_problem(structure: Structure) -> str | None:
 
 
 def compositional_problem(structure: Structure) -> str | None:
-    """Why the composition fails SMACT's screening as CDVAE ran it, or None when it passes.
+    """Why the composition fails SMACT's screening as CDVAE ran it, or None when it passes."""
+    return composition_problem(structure.composition.get_el_amt_dict())
+
+
+def composition_problem(counts: Mapping[str, float]) -> str | None:
+    """compositional_problem of atom counts by element symbol.
 
     CDVAE used SMACT 2's default oxidation states, which SMACT 4 names ``oxidation_states_smact14``.
     """
     import smact
     from smact.screening import pauling_test
 
-    counts = structure.composition.get_el_amt_dict()
     unknown = [symbol for symbol in counts if not Element.is_valid_symbol(symbol)]
     if unknown:
         return f"not chemical elements: {', '.join(unknown)}"
@@ -94,7 +98,7 @@ def compositional_problem(structure: Structure) -> str | None:
                 return None
         except TypeError:  # an element without electronegativity: CDVAE let it pass
             return None
-    formula = structure.composition.reduced_formula
+    formula = Composition(counts).reduced_formula
     return f"{formula}: no charge-neutral oxidation states that pass the Pauling test (SMACT)"
 
 

@@ -46,6 +46,7 @@ class EvaluationSettings:
     steps: int | None = None  # None: T (the paper's protocol), not the model's default_steps
     sampler: str | None = None  # None: model.diffusion.DEFAULT_SAMPLER
     atom_counts: str = "training"  # the paper's protocol; "near_target": xtaldiff.design_params.ATOM_COUNTS
+    charge_balance: bool = False  # the paper's species step; True: model.charge_balance's
     guidance: float = 0.0
     seed: int = 0
     batch_size: int = 128
@@ -237,6 +238,7 @@ def run_evaluation(
             steps=steps,
             sampler=sampler,
             atom_counts=settings.atom_counts,
+            charge_balance=settings.charge_balance,
             seed=seed,
             batch_size=settings.batch_size,
             progress=_step_bar(n) if progress else None,

@@ -8,6 +8,7 @@ from xtaldiff.datasets import DATASET_NAMES, PUBLISHED
 
 ATOM_COUNT_SOURCES = {"training": "from the training split",
                       "near_target": "from the training structures near the target"}
+SPECIES_STEPS = {False: "the paper's", True: "charge-balanced (model/charge_balance.py)"}
 
 
 def _cell(value) -> str:
@@ -179,7 +180,8 @@ def render_markdown(report: dict) -> str:
         f"- n = {report['n']}, seed {provenance['settings']['seed']}, "
         f"{provenance['sampling_steps']} sampling steps ({provenance.get('sampler', 'paper')} sampler), guidance "
         f"{provenance['settings']['guidance']}, atom counts "
-        f"{ATOM_COUNT_SOURCES[provenance['settings'].get('atom_counts', 'training')]}, device {provenance['device']}.",
+        f"{ATOM_COUNT_SOURCES[provenance['settings'].get('atom_counts', 'training')]}, species step "
+        f"{SPECIES_STEPS[provenance['settings'].get('charge_balance', False)]}, device {provenance['device']}.",
         "- Wall time (s): " + ", ".join(f"{k} {v}" for k, v in provenance["wall_time_s"].items()) + ".",
     ]
     if report["training_split_note"]:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from pymatgen.core import Element, Lattice, Structure
 
+from model.charge_balance import ChargeBalance
 from model.checkpoint import TrainedModel
 from model.diffusion import reverse_diffusion
 from model.geometry import right_handed
@@ -123,6 +124,7 @@ def design(
     steps: int | None = None,
     sampler: str | None = None,
     atom_counts: str | None = None,
+    charge_balance: bool | None = None,
     seed: int = 0,
     batch_size: int = 128,
     progress: Callable[[int, int], None] | None = None,
@@ -139,6 +141,8 @@ def design(
         its `default_steps` were measured with).
     atom_counts: a key of xtaldiff.design_params.ATOM_COUNTS (None: "near_target" where the
         checkpoint records atom counts by property, else "training").
+    charge_balance: change predicted species during sampling so that compositions pass SMACT
+        (model.charge_balance; None: the model's `default_charge_balance`).
     progress(done, total) is called after every reverse step; raise from it to stop.
     The same seed on the same device gives the same structures.
     """
@@ -160,6 +164,10 @@ def design(
         if not isinstance(value, int | float) or not math.isfinite(value):
             raise DesignError(f"target must be a finite number, got {value!r}")
     allowed = allowed_class_mask(model, elements).to(model.device)
+    charge_balance = model.meta.default_charge_balance if charge_balance is None else charge_balance
+    if not isinstance(charge_balance, bool):
+        raise DesignError(f"charge_balance must be true or false, got {charge_balance!r}")
+    species_constraint = ChargeBalance(model.meta.elements, from_level=T) if charge_balance else None
 
     atom_counts = model.meta.default_atom_counts if atom_counts is None else atom_counts
     if atom_counts not in ATOM_COUNTS:
@@ -203,6 +211,7 @@ def design(
             sampler_rng,
             report,
             sampler,
+            species_constraint,
         )
         lattice, frac, species = lattice.double().cpu(), frac.double().cpu(), species.cpu()
         for row, i in enumerate(index):

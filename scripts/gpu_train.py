@@ -13,8 +13,9 @@ state (15-21 MB a model) goes to --state-dir, outside OUT by default: the device
 back only a few files of at most 16 MB. A run whose state or checkpoint is there resumes.
 `--checkpoint PATH` (repeatable) adds a trained model to sample without training it. Then,
 for each model, guidance scale and number of steps (`--steps 1000,250,100`; T alone by
-default), n structures at the training minimum are sampled with `--sampler` and written as
-samples/<model>_w<w>[_steps<k>][_<sampler>].csv.gz (the names of reports/' folders) with a JSON
+default), n structures at the training minimum are sampled with `--sampler` (and
+`--charge-balance`) and written as
+samples/<model>_w<w>[_steps<k>][_<sampler>][_charge_balanced].csv.gz (the names of reports/' folders) with a JSON
 sidecar (checkpoint sha256, seed, steps, sampler, device, seconds), packed into OUT/samples.tgz,
 to be scored on the CPU with `xtaldiff evaluate --samples`.
 """
@@ -61,8 +62,8 @@ def train_one(run: tuple, out_dir: Path, state_dir: Path, minutes: float, lr: fl
     print(json.dumps({"run": out.stem, **{k: v for k, v in record.items() if k != "history"}}), flush=True)
 
 
-def sample_one(checkpoint: Path, model, guidance: float, n: int, steps: int | None, sampler: str, seed: int,
-               out_dir: Path) -> None:
+def sample_one(checkpoint: Path, model, guidance: float, n: int, steps: int | None, sampler: str,
+               charge_balance: bool, seed: int, out_dir: Path) -> None:
     import torch
 
     from model.checkpoint import weights_sha256
@@ -74,16 +75,17 @@ def sample_one(checkpoint: Path, model, guidance: float, n: int, steps: int | No
     steps = steps or timesteps  # the paper's protocol, not the model's default
     started = time.time()
     structures = design(model, n=n, target=target, guidance=guidance, steps=steps, sampler=sampler,
-                        atom_counts="training", seed=seed, batch_size=n)
+                        atom_counts="training", charge_balance=charge_balance, seed=seed, batch_size=n)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.time() - started
     name = (f"{checkpoint.stem}_w{guidance:g}" + (f"_steps{steps}" if steps != timesteps else "")
-            + (f"_{sampler}" if sampler != DEFAULT_SAMPLER else ""))
+            + (f"_{sampler}" if sampler != DEFAULT_SAMPLER else "") + ("_charge_balanced" if charge_balance else ""))
     write_samples(out_dir / f"{name}.csv.gz", structures, {
         "checkpoint": checkpoint.name, "checkpoint_sha256": model.sha256,
         "weights_sha256": weights_sha256(checkpoint), "seed": seed,
-        "steps": steps, "sampler": sampler, "atom_counts": "training", "guidance": guidance, "target": target,
+        "steps": steps, "sampler": sampler, "atom_counts": "training", "charge_balance": charge_balance,
+        "guidance": guidance, "target": target,
         "device": torch.cuda.get_device_name() if model.device.type == "cuda" else "cpu",
         "sampling_s": round(seconds, 1),
     })
@@ -104,6 +106,8 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=1000)
     parser.add_argument("--steps", default="", help="comma-separated numbers of reverse steps (default: T)")
     parser.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=sorted(SAMPLERS))
+    parser.add_argument("--charge-balance", action="store_true",
+                        help="sample with model/charge_balance.py's species step")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not args.run and not args.checkpoint:
@@ -147,7 +151,8 @@ def sample_checkpoint(checkpoint: Path, guidance: list[float], args: argparse.Na
     model = load_model(checkpoint)
     for w in guidance:
         for steps in args.steps:
-            sample_one(checkpoint, model, w, args.n, steps, args.sampler, args.seed, args.out / "samples")
+            sample_one(checkpoint, model, w, args.n, steps, args.sampler, args.charge_balance, args.seed,
+                       args.out / "samples")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ def main() -> None:
     provenance, settings = report["provenance"], report["provenance"]["settings"]
     drawn = {"checkpoint_sha256": provenance["checkpoint_sha256"], "seed": settings["seed"],
              "steps": provenance["sampling_steps"], "guidance": settings["guidance"], "target": report["target"],
-             "sampler": provenance["sampler"], "atom_counts": settings["atom_counts"]}
+             "sampler": provenance["sampler"], "atom_counts": settings["atom_counts"],
+             "charge_balance": settings.get("charge_balance", False)}
     csv.field_size_limit(1 << 24)
     groups: dict[str, list[Structure]] = {"all": [], "repaired": [], "kept": []}
     with gzip.open(args.report / "samples.csv.gz", "rt", newline="") as handle:

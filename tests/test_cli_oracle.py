@@ -238,14 +238,16 @@ def test_space_group_is_found_at_the_service_tolerance_and_p1_for_a_degenerate_c
 
 
 def fake_report(w: float, sr5: float, distinct: int, n: int = 1000, steps: int = 1000, valid: float = 1.0,
-                sampler: str = "rescaled", dataset: str = "perov_5", unique: int | None = None) -> dict:
+                sampler: str = "rescaled", dataset: str = "perov_5", unique: int | None = None,
+                charge_balance: bool = False) -> dict:
     return {
         "dataset": dataset, "n": n,
         "success_rates": {"all_samples_cdvae_thresholds": {"SR5": sr5, "SR10": sr5, "SR15": sr5}},
         "sr5_successes": {"distinct_formulas": distinct, "unique": distinct if unique is None else unique,
                           "per_samples": n},
         "validity": {"both": valid},
-        "provenance": {"settings": {"guidance": w}, "sampling_steps": steps, "sampler": sampler},
+        "provenance": {"settings": {"guidance": w, "charge_balance": charge_balance}, "sampling_steps": steps,
+                       "sampler": sampler},
     }
 
 
@@ -306,6 +308,25 @@ def test_another_sampler_is_the_default_where_it_keeps_the_papers_quality_in_few
            fake_report(0.0, 0.40, 1, steps=100, sampler="exponential")]
     assert choose_default_sampling(tie, 0.0, 1000) == ("rescaled", 100)
     assert choose_default_sampling(tie[2:], 0.0, 1000) == ("rescaled", 1000)
+
+
+def test_charge_balance_is_the_default_only_where_it_kept_sr5_and_validity_at_the_defaults():
+    from model.evaluation_record import choose_charge_balance, choose_default_sampling
+
+    plain = [fake_report(0.0, 0.60, 300, valid=0.68), fake_report(0.5, 0.62, 300, valid=0.66),
+             fake_report(0.5, 0.63, 300, steps=100, valid=0.67)]
+    better = fake_report(0.5, 0.72, 300, steps=100, valid=0.87, charge_balance=True)
+    # A charge-balanced report is not a steps-curve point: the paper's species step is the reference.
+    assert choose_default_sampling([*plain, fake_report(0.5, 0.9, 300, steps=10, charge_balance=True)],
+                                   0.5, 1000) == ("rescaled", 100)
+    assert choose_charge_balance([*plain, better], 0.5, "rescaled", 100, 1000)
+    assert not choose_charge_balance(plain, 0.5, "rescaled", 100, 1000)
+    # Measured elsewhere than at the defaults, or losing SR5 or validity there: not the default.
+    assert not choose_charge_balance([*plain, better], 0.5, "rescaled", 1000, 1000)
+    worse_sr5 = fake_report(0.5, 0.62, 300, steps=100, valid=0.87, charge_balance=True)
+    worse_validity = fake_report(0.5, 0.72, 300, steps=100, valid=0.60, charge_balance=True)
+    assert not choose_charge_balance([*plain, worse_sr5], 0.5, "rescaled", 100, 1000)
+    assert not choose_charge_balance([*plain, worse_validity], 0.5, "rescaled", 100, 1000)
 
 
 def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_checkpoint, tmp_path):
@@ -375,7 +396,28 @@ def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_
     mixed = run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports), str(tmp_path / "near"))
     assert_one_line_error(mixed, "drew atom counts near the target")
 
+    # As above, the "charge-balanced" report scores the structures of its plain twin: no worse by
+    # construction, so it becomes the default (the species step itself is tested in test_charge_balance.py).
+    balanced = tmp_path / "balanced.csv.gz"
+    write_samples(balanced, design(model, n=4, target=target, seed=0, guidance=1.0), {
+        "checkpoint_sha256": model.sha256, "seed": 0, "steps": 5, "sampler": "paper", "guidance": 1.0,
+        "target": target, "charge_balance": True,
+    })
+    result = run("evaluate", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "balanced"),
+                 "--samples", str(balanced), "--cond-n", "0")
+    assert result.exit_code == 0, result.output
+    assert "species step charge-balanced" in (tmp_path / "balanced" / "report.md").read_text()
+    result = run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports), str(tmp_path / "balanced"),
+                 "--default-guidance", "1")
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(checkpoint)
+    assert meta.default_charge_balance is True
+    assert "| 5 | paper, charge-balanced |" in result.output
+    assert [(row["steps"], row["charge_balance"]) for row in meta.metrics["steps_curve"]] == [
+        (50, False), (10, False), (5, False), (5, True)]
+
     run("record-evaluation", "--checkpoint", str(checkpoint), *map(str, reports), "--default-guidance", "1")
+    assert read_metadata(checkpoint).default_charge_balance is False
     designed = run("design", "--checkpoint", str(checkpoint), "--target", "0.5", "-n", "2",
                    "--out", str(tmp_path / "designs"))
     assert designed.exit_code == 0, designed.output

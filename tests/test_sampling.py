@@ -136,6 +136,29 @@ def test_a_header_without_atom_counts_by_property_draws_from_the_whole_split(car
     assert {len(s) for s in design(model, n=2, target=target, steps=2, num_atoms=7, atom_counts="near_target")} == {7}
 
 
+def test_charge_balance_defaults_to_the_header_and_changes_compositions(tiny_checkpoint, tmp_path):
+    from model.metrics import compositional_problem
+
+    path = tmp_path / "balanced.safetensors"
+    path.write_bytes(tiny_checkpoint.read_bytes())
+    plain_model = load_model(path, "cpu")
+    assert plain_model.meta.default_charge_balance is False
+    header = read_metadata(path).as_dict()
+    header["sampling"]["default_charge_balance"] = True
+    rewrite_metadata(path, header)
+    model = load_model(path, "cpu")
+    assert model.meta.default_charge_balance is True
+    args = {"n": 24, "target": 0.5, "steps": 20, "seed": 3, "elements": ["Li", "O"], "num_atoms": 6}
+    balanced = design(model, **args)
+    assert fingerprint(balanced) == fingerprint(design(plain_model, charge_balance=True, **args))
+    plain = design(model, charge_balance=False, **args)
+    assert fingerprint(plain) == fingerprint(design(plain_model, **args))
+    # The untrained model's Li-O compositions are random; each is a few atoms from a valid one.
+    assert sum(compositional_problem(s) is None for s in plain) < len(plain)
+    assert all(compositional_problem(s) is None for s in balanced)
+    assert {s.composition.chemical_system for s in balanced} == {"Li-O"}
+
+
 def test_full_schedule_and_guidance_run(tiny_model):
     structures = design(tiny_model, n=2, target=-0.3, guidance=2.0)  # steps default to T = 50
     assert len(structures) == 2
@@ -239,6 +262,7 @@ def test_progress_is_reported_and_can_stop_sampling(tiny_model):
         ({"guidance": -1.0}, "guidance"),
         ({"sampler": "euler"}, "sampler must be one of exponential, paper, rescaled"),
         ({"atom_counts": "uniform"}, "atom_counts must be one of near_target, training"),
+        ({"charge_balance": "yes"}, "charge_balance must be true or false"),
     ],
 )
 def test_bad_arguments_raise_design_errors(tiny_model, kwargs, message):

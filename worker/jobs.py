@@ -167,7 +167,8 @@ def run_design(job_id: str, *, settings: Settings, sessions: sessionmaker[Sessio
                 structures = design(
                     trained, n=params.num_samples, target=params.target, num_atoms=params.num_atoms,
                     elements=params.elements, guidance=params.guidance, steps=params.steps,
-                    sampler=params.sampler, atom_counts=params.atom_counts, seed=params.seed,
+                    sampler=params.sampler, atom_counts=params.atom_counts,
+                    charge_balance=params.charge_balance, seed=params.seed,
                     batch_size=settings.sample_batch_size, progress=hb.progress,
                 )
             with _timed(timings, "analyse"):

@@ -91,6 +91,8 @@ class CheckpointMeta:
     default_guidance: float
     default_sampler: str
     default_steps: int
+    # Whether that evaluation ran the charge-balanced species step (model.charge_balance).
+    default_charge_balance: bool
     network: Mapping  # model.network.DenoiserConfig's fields
     diffusion: Mapping  # model.diffusion.DiffusionConfig's fields
     training: Mapping  # the training record ({} for a header without one)
@@ -268,6 +270,9 @@ def parse_header(meta: object) -> CheckpointMeta:
     default_sampler = sampling.get("default_sampler", DEFAULT_SAMPLER)
     if not (isinstance(default_sampler, str) and default_sampler in SAMPLERS):
         raise CheckpointFileError(f"metadata sampling.default_sampler must be one of {', '.join(SAMPLERS)}")
+    default_charge_balance = sampling.get("default_charge_balance", False)
+    if not isinstance(default_charge_balance, bool):
+        raise CheckpointFileError("metadata sampling.default_charge_balance must be true or false")
     for key in ("step_lr", "lattice_bound"):
         if not (_is_finite_number(sampling.get(key)) and sampling[key] > 0):
             raise CheckpointFileError(f"metadata sampling.{key} must be a number > 0")
@@ -290,6 +295,7 @@ def parse_header(meta: object) -> CheckpointMeta:
         num_atoms_by_property=by_property,
         timesteps=timesteps, step_lr=float(sampling["step_lr"]), lattice_bound=float(sampling["lattice_bound"]),
         default_guidance=float(guidance), default_sampler=default_sampler, default_steps=steps,
+        default_charge_balance=default_charge_balance,
         network=meta["network"], diffusion=meta["diffusion"],
         training=meta.get("training") or {}, metrics=meta.get("metrics") or {}, header=meta,
     )

@@ -169,6 +169,10 @@ def design(
     sampler: Annotated[
         str | None, typer.Option(help=f"{SAMPLER_CHOICES} (xtaldiff.samplers) [default: the model's own].")
     ] = None,
+    charge_balance: Annotated[
+        bool | None, typer.Option(help="Change predicted species while sampling so that compositions pass SMACT's "
+                                  "charge-neutrality test (model.charge_balance) [default: the model's own].")
+    ] = None,
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
     relax: Annotated[
@@ -218,6 +222,7 @@ def design(
         guidance = trained.meta.default_guidance if guidance is None else guidance
         steps = trained.meta.default_steps if steps is None else steps
         sampler = trained.meta.default_sampler if sampler is None else sampler
+        charge_balance = trained.meta.default_charge_balance if charge_balance is None else charge_balance
         if num_atoms is None:
             atom_counts = trained.meta.default_atom_counts if atom_counts is None else atom_counts
         bar = tqdm(total=1, unit="step", disable=not sys.stderr.isatty())
@@ -229,8 +234,8 @@ def design(
         started = time.time()
         structures = run_design(
             trained, n=n, target=target, num_atoms=num_atoms, elements=allowed,
-            guidance=guidance, steps=steps, sampler=sampler, atom_counts=atom_counts, seed=seed, batch_size=batch_size,
-            progress=progress,
+            guidance=guidance, steps=steps, sampler=sampler, atom_counts=atom_counts, charge_balance=charge_balance,
+            seed=seed, batch_size=batch_size, progress=progress,
         )
         bar.close()
         scores = [dict.fromkeys(SCORE_COLUMNS) for _ in structures]
@@ -266,7 +271,7 @@ def design(
         "property": trained.meta.property.name, "unit": trained.meta.property.unit,
         "target": target, "n": n, "num_atoms": num_atoms, "atom_counts": None if num_atoms else atom_counts,
         "elements": allowed,
-        "guidance": guidance, "steps": steps, "sampler": sampler, "seed": seed,
+        "guidance": guidance, "steps": steps, "sampler": sampler, "charge_balance": charge_balance, "seed": seed,
         "device": str(trained.device), "wall_time_s": round(time.time() - started, 2), "structures": rows,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -192,6 +192,10 @@ def evaluate(
     atom_counts: Annotated[
         str, typer.Option(help=f"Where atom counts come from: {ATOM_COUNTS_CHOICES} (xtaldiff.design_params).")
     ] = "training",
+    charge_balance: Annotated[
+        bool, typer.Option(help="Change predicted species while sampling so that compositions pass SMACT "
+                           "(model.charge_balance) [default: the paper's species step].")
+    ] = False,
     guidance: Annotated[float, typer.Option(min=0, help="Classifier-free guidance scale.")] = 0.0,
     seed: int = 0,
     batch_size: Annotated[int, typer.Option(min=1)] = 128,
@@ -226,6 +230,7 @@ def evaluate(
         n, steps, guidance, seed = drawn["n"], drawn["steps"], drawn["guidance"], drawn["seed"]
         sampler = drawn.get("sampler", "paper")
         atom_counts = drawn.get("atom_counts", "training")
+        charge_balance = drawn.get("charge_balance", False)
     from model.checkpoint import CheckpointError
     from model.data import DatasetError
     from model.oracle import OracleUnavailable
@@ -240,6 +245,7 @@ def evaluate(
         steps=steps,
         sampler=sampler,
         atom_counts=atom_counts,
+        charge_balance=charge_balance,
         guidance=guidance,
         seed=seed,
         batch_size=batch_size,
@@ -277,8 +283,9 @@ def record_evaluation(
                      "half of w = 0's distinct formulas, carbon_24 half of w = 0's unique structures]."),
     ] = None,
 ) -> None:
-    """Store evaluation figures, the default guidance and the default steps in a checkpoint's header
-    (GET /models shows them); prints the steps curve."""
+    """Store evaluation figures, the default guidance, steps and species step in a checkpoint's header
+    (GET /models shows them); prints the steps curve. Charge-balanced sampling becomes the default
+    where a charge-balanced report at the default guidance and steps matches or beats its plain twin."""
     import json
 
     from model.checkpoint import (
@@ -290,6 +297,8 @@ def record_evaluation(
         weights_sha256,
     )
     from model.evaluation_record import (
+        charge_balanced,
+        choose_charge_balance,
         choose_default_guidance,
         choose_default_sampling,
         evaluation_record,
@@ -309,7 +318,8 @@ def record_evaluation(
         try:
             report = json.loads(path.read_text())
             provenance = report["provenance"]
-            key = (provenance["settings"]["guidance"], provenance["sampling_steps"], report_sampler(report, timesteps))
+            key = (provenance["settings"]["guidance"], provenance["sampling_steps"], report_sampler(report, timesteps),
+                   charge_balanced(report))
             missing = [k for k in ("n", "success_rates", "sr5_successes") if k not in report]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise _fail(f"{path} is not an `xtaldiff evaluate` report.json ({error})") from None
@@ -322,7 +332,7 @@ def record_evaluation(
             raise _fail(f"{path} evaluated other weights than those of {checkpoint}")
         if key in seen:
             raise _fail(f"{path} and {seen[key]} both measure guidance {key[0]:g} at {key[1]} steps "
-                        f"({key[2]} sampler); give one of them")
+                        f"({key[2]} sampler{', charge-balanced' if key[3] else ''}); give one of them")
         seen[key] = path
         loaded.append(report)
     if len({(r["n"], r["provenance"]["settings"]["seed"]) for r in loaded}) > 1:
@@ -340,10 +350,12 @@ def record_evaluation(
     if default_guidance not in scales:
         raise _fail(f"--default-guidance {default_guidance} has no report at {timesteps} steps; measured: {scales}")
     default_sampler, default_steps = choose_default_sampling(loaded, default_guidance, timesteps)
+    default_charge_balance = choose_charge_balance(loaded, default_guidance, default_sampler, default_steps, timesteps)
     meta = checked.as_dict()
-    meta["metrics"] = evaluation_record(loaded, default_guidance, default_sampler, default_steps, timesteps)
+    meta["metrics"] = evaluation_record(loaded, default_guidance, default_sampler, default_steps,
+                                        default_charge_balance, timesteps)
     meta["sampling"].update(default_guidance=default_guidance, default_sampler=default_sampler,
-                            default_steps=default_steps)
+                            default_steps=default_steps, default_charge_balance=default_charge_balance)
     rewrite_metadata(checkpoint, meta)
     # The header changed, so the file's sha256 did: each report says which file it now backs.
     backs = {"checkpoint": checkpoint.name, "sha256": file_sha256(checkpoint),
@@ -357,5 +369,6 @@ def record_evaluation(
     typer.echo(f"{checkpoint}: default guidance {default_guidance:g} (SR5 {at['SR5']:.3f}, "
                f"{at['sr5_distinct_formulas']} distinct SR5 formulas, {at['sr5_unique']} unique structures in "
                f"{meta['metrics']['n']} samples), "
-               f"default steps {default_steps} ({default_sampler} sampler)")
+               f"default steps {default_steps} ({default_sampler} sampler"
+               f"{', charge-balanced' if default_charge_balance else ''})")
     typer.echo(steps_curve_table(meta["metrics"]["steps_curve"]))

@@ -114,13 +114,14 @@ class Client:
     def submit(self, *, target: float | None = None, dataset: str | None = None, model: str | None = None,
                n: int = 16, num_atoms: int | None = None, elements: Sequence[str] | None = None,
                guidance: float | None = None, steps: int | None = None, sampler: str | None = None,
-               atom_counts: str | None = None, relax: bool = False, seed: int | None = None) -> str:
+               atom_counts: str | None = None, charge_balance: bool | None = None, relax: bool = False,
+               seed: int | None = None) -> str:
         """Queue a design job; returns its id. Fields left None take the server's defaults (target: the
         least value in training, among the structures made only of `elements` when they are given)."""
         body = {"target": target, "dataset": dataset, "model": model, "num_samples": n,
                 "num_atoms": num_atoms, "elements": list(elements) if elements is not None else None,
                 "guidance": guidance, "steps": steps, "sampler": sampler, "atom_counts": atom_counts,
-                "relax": relax or None, "seed": seed}
+                "charge_balance": charge_balance, "relax": relax or None, "seed": seed}
         return self._request("POST", "/design", json={k: v for k, v in body.items() if v is not None}).json()["id"]
 
     def system(self, model: str, elements: Sequence[str]) -> dict:
@@ -206,14 +207,14 @@ class Client:
     def design(self, *, target: float | None = None, dataset: str | None = None, model: str | None = None, n: int = 16,
                num_atoms: int | None = None, elements: Sequence[str] | None = None,
                guidance: float | None = None, steps: int | None = None, sampler: str | None = None,
-               atom_counts: str | None = None, relax: bool = False, seed: int | None = None,
-               timeout: float | None = None,
+               atom_counts: str | None = None, charge_balance: bool | None = None, relax: bool = False,
+               seed: int | None = None, timeout: float | None = None,
                progress: bool = True) -> list:
         """Submit, wait (with a progress bar) and return the structures (see `structures`; with
         relax=True, the relaxed cells)."""
         job_id = self.submit(target=target, dataset=dataset, model=model, n=n, num_atoms=num_atoms,
                              elements=elements, guidance=guidance, steps=steps, sampler=sampler,
-                             atom_counts=atom_counts, relax=relax, seed=seed)
+                             atom_counts=atom_counts, charge_balance=charge_balance, relax=relax, seed=seed)
         self.wait(job_id, timeout=timeout, progress=progress)
         return self.structures(job_id, cell="relaxed" if relax else "p1")
 

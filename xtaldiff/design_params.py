@@ -30,6 +30,7 @@ class DesignParams:
     seed: int
     relax: bool = False
     atom_counts: str = "training"
+    charge_balance: bool = False
 
     def as_json(self) -> dict:
         data = asdict(self)
@@ -38,8 +39,8 @@ class DesignParams:
 
     @classmethod
     def from_json(cls, data: dict) -> DesignParams:
-        """A stored request; jobs stored before `sampler`, `relax` and `atom_counts` existed read as
-        what they ran."""
+        """A stored request; jobs stored before `sampler`, `relax`, `atom_counts` and `charge_balance`
+        existed read as what they ran."""
         return cls(
             model=data["model"], dataset=data["dataset"], target=float(data["target"]),
             num_samples=int(data["num_samples"]), num_atoms=data.get("num_atoms"),
@@ -47,4 +48,5 @@ class DesignParams:
             guidance=float(data["guidance"]), steps=data.get("steps"),
             sampler=data.get("sampler") or DEFAULT_SAMPLER, seed=int(data["seed"]),
             relax=bool(data.get("relax", False)), atom_counts=data.get("atom_counts") or "training",
+            charge_balance=bool(data.get("charge_balance", False)),
         )

@@ -457,6 +457,7 @@ function showJob(job) {
     `guidance ${request.guidance}`,
     `${request.steps ?? "all"} steps`,
     request.sampler && request.sampler !== "rescaled" ? `${request.sampler} sampler` : null,
+    request.charge_balance ? "charge-balanced species" : null,
     `seed ${request.seed}`,
     request.relax ? "relaxed with CHGNet" : null,
   ];

@@ -330,20 +330,24 @@ def test_a_request_without_guidance_or_steps_runs_at_the_models_defaults(client,
 
     path = tiny_checkpoint_file(tmp_path / "guided.safetensors", seed=5)
     meta = read_metadata(path).as_dict()
-    meta["sampling"].update(default_guidance=1.5, default_sampler="exponential", default_steps=20)
+    meta["sampling"].update(default_guidance=1.5, default_sampler="exponential", default_steps=20,
+                            default_charge_balance=True)
     rewrite_metadata(path, meta)
     register_checkpoint(sessions, path)
     listed = client.get("/models").json()[0]
     assert (listed["default_guidance"], listed["default_sampler"], listed["default_steps"], listed["timesteps"]) == (
         1.5, "exponential", 20, 50)
+    assert listed["default_charge_balance"] is True
     plain = client.post("/design", json={"dataset": "perov_5", "target": 1.0})
     assert plain.status_code == 202, plain.text
     plain = client.get(f"/jobs/{plain.json()['id']}").json()
     ran = plain["request"]
-    assert (ran["guidance"], ran["steps"], ran["sampler"]) == (1.5, 20, "exponential")
-    chosen = client.get(f"/jobs/{submit(client, guidance=0.0, steps=50, sampler='paper')}").json()
+    assert (ran["guidance"], ran["steps"], ran["sampler"], ran["charge_balance"]) == (1.5, 20, "exponential", True)
+    chosen = client.get(f"/jobs/{submit(client, guidance=0.0, steps=50, sampler='paper', charge_balance=False)}").json()
     ran = chosen["request"]
-    assert (ran["guidance"], ran["steps"], ran["sampler"]) == (0.0, 50, "paper")
+    assert (ran["guidance"], ran["steps"], ran["sampler"], ran["charge_balance"]) == (0.0, 50, "paper", False)
+    refused = client.post("/design", json={"dataset": "perov_5", "target": 1.0, "charge_balance": "yes"})
+    assert refused.status_code == 422 and "charge_balance" in refused.text
     refused = client.post("/design", json={"dataset": "perov_5", "target": 1.0, "sampler": "euler"})
     assert refused.status_code == 422 and "rescaled" in refused.text and "paper" in refused.text
 
@@ -353,6 +357,7 @@ def test_atom_counts_are_drawn_near_the_target_where_the_model_records_them(clie
     assert listed["atom_counts_near_target"] is True
     ran = client.get(f"/jobs/{submit(client)}").json()["request"]
     assert ran["atom_counts"] == "near_target"
+    assert listed["default_charge_balance"] is False and ran["charge_balance"] is False
     chosen = client.get(f"/jobs/{submit(client, atom_counts='training')}").json()["request"]
     assert chosen["atom_counts"] == "training"
     refused = client.post("/design", json={"dataset": "perov_5", "target": 1.0, "atom_counts": "uniform"})

@@ -326,9 +326,11 @@ def test_a_flood_from_one_client_does_not_starve_another(settings, sessions, che
 
 def test_a_stored_request_reads_back_as_the_same_params_and_old_jobs_take_the_defaults():
     params = DesignParams(model="m", dataset="mp_20", target=-1.5, num_samples=3, num_atoms=None,
-                          elements=("Li", "O"), guidance=0.5, steps=100, sampler="paper", seed=9, relax=True)
+                          elements=("Li", "O"), guidance=0.5, steps=100, sampler="paper", seed=9, relax=True,
+                          charge_balance=True)
     assert DesignParams.from_json(json.loads(json.dumps(params.as_json()))) == params
     before_samplers = {"model": "m", "dataset": "perov_5", "target": 0.1, "num_samples": 2, "num_atoms": 5,
                        "elements": None, "guidance": 0.0, "steps": None, "seed": 1}
     old = DesignParams.from_json(before_samplers)
     assert (old.sampler, old.relax, old.steps, old.elements) == ("rescaled", False, None, None)
+    assert old.charge_balance is False
