@@ -159,6 +159,7 @@ function chooseModel(model) {
   $("guidance").placeholder = `${model.default_guidance} (default)`;
   $("steps").placeholder = `${model.default_steps} (default; T = ${model.timesteps})`;
   $("steps").max = model.timesteps;
+  if (changed) $("charge-balance").checked = model.default_charge_balance;
   const known = new Set(model.elements);
   page.allowedElements = new Set([...page.allowedElements].filter((symbol) => known.has(symbol)));
   drawPeriodicTable(known);
@@ -375,6 +376,7 @@ $("design-form").addEventListener("submit", async (event) => {
     guidance: optionalNumber("guidance"),
     steps: optionalNumber("steps"),
     seed: optionalNumber("seed"),
+    charge_balance: $("charge-balance").checked,
     relax: $("relax").checked || undefined,
   };
   $("submit").disabled = true;

@@ -221,6 +221,9 @@ def test_a_design_job_from_form_to_table_viewer_and_downloads(open_page, tmp_pat
     page.fill("#steps", "5")
     page.fill("#seed", "7")
     page.check("#relax")
+    # The tiny model's header leaves charge balance off: the box starts as the model's default.
+    expect(page.locator("#charge-balance")).not_to_be_checked()
+    page.check("#charge-balance")
     page.click("#submit")
     expect(page.locator("#form-error")).to_be_hidden()
 
@@ -233,8 +236,8 @@ def test_a_design_job_from_form_to_table_viewer_and_downloads(open_page, tmp_pat
     job_id = page.text_content("#job-id")
     assert page.evaluate("location.hash") == f"#job={job_id}"
     expect(page.locator("#job-request")).to_contain_text(
-        "3 structures · atom counts near the target · elements Ba, Ti, O · guidance 0 · 5 steps · seed 7 · "
-        "relaxed with CHGNet")
+        "3 structures · atom counts near the target · elements Ba, Ti, O · guidance 0 · 5 steps · "
+        "charge-balanced species · seed 7 · relaxed with CHGNet")
     expect(page.locator("#job-progress")).to_have_js_property("value", 1)
     expect(page.locator("#job-summary")).to_contain_text("of 3 valid")
     expect(page.locator("#job-summary")).to_contain_text("already in perov_5")
