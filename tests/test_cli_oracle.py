@@ -424,6 +424,7 @@ def test_record_evaluation_sets_the_default_guidance_that_design_then_uses(tiny_
     summary = json.loads((tmp_path / "designs" / "summary.json").read_text())
     assert (summary["guidance"], summary["steps"], summary["sampler"]) == (1.0, 5, "paper")
     assert summary["atom_counts"] == "near_target"
+    assert summary["charge_balance"] is False
 
 
 def test_the_worker_evaluate_and_predict_score_a_structure_alike(tmp_path):
